@@ -1,0 +1,151 @@
+"""Our attention function: SDPA for every head, explicit recomputation only where a method edits.
+
+It is registered in transformers' `AttentionInterface` (with a matching mask function, SPEC §1.2) and reached
+through `config._attn_implementation` of the language model only. The per-model engine is found on the attention
+module itself (`module._vlm_attn_engine`), so two patched models never share state.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+from .method import LayerView, RowSet
+
+ENGINE_ATTR = "_vlm_attn_engine"
+SDPA_NAME = "vlm_attn"
+EAGER_NAME = "vlm_attn_eager"
+
+
+def _module_eager(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, Any]]:
+    """The modeling file's own `eager_attention_forward` (transformers keeps one per architecture)."""
+    return getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, H, Q, D) -> (B, H, R, D) at the per-sample query indices `index` (B, R)."""
+    b, h, _, d = x.shape
+    return x.gather(2, index[:, None, :, None].expand(b, h, index.shape[1], d))
+
+
+def _row_mask(
+    attention_mask: torch.Tensor | None, rows: RowSet, view: LayerView, batch: int, kv_len: int
+) -> torch.Tensor:
+    """Additive fp32 mask (B, 1, R, K) for the gathered rows, rebuilding causality when SDPA got no mask."""
+    if attention_mask is None:
+        allowed = view.key_pos[None, None, :] <= rows.positions[:, :, None]
+        allowed = allowed[:, None]
+    else:
+        m = attention_mask[..., :kv_len].expand(batch, -1, -1, -1)
+        m = m.gather(2, rows.index[:, None, :, None].expand(batch, m.shape[1], rows.index.shape[1], kv_len))
+        if m.dtype == torch.bool:
+            allowed = m
+        else:
+            return m.float().clamp_min(torch.finfo(torch.float32).min)
+    zero = torch.zeros((), dtype=torch.float32, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(torch.float32).min)
+
+
+def _gather_row_set(wanted: torch.Tensor, view: LayerView) -> RowSet:
+    """Pad per-sample row lists (from a (B, Q) bool) to a common length R."""
+    counts = wanted.sum(dim=1)
+    r = int(counts.max())
+    # Stable sort puts wanted rows first, in order; padding repeats them (never written back).
+    order = torch.sort((~wanted).to(torch.int8), dim=1, stable=True).indices[:, :r]
+    valid = torch.arange(r, device=wanted.device)[None, :] < counts[:, None]
+    order = torch.where(valid, order, order[:, :1])
+    return RowSet(index=order, valid=valid, positions=view.query_pos[order], own=valid)
+
+
+def steered_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    *,
+    base: Callable[..., tuple[torch.Tensor, Any]],
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """Run `base` for all heads; recompute and overwrite the (head, row) pairs that active methods edit."""
+    out, weights = base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    engine = getattr(module, ENGINE_ATTR, None)
+    if engine is None or engine.call is None or not engine.methods:
+        return out, weights
+    view = engine.layer_view(module.layer_idx, query.shape[2], key.shape[2])
+    asked = [(m, m.rows(view)) for m in engine.methods]
+    asked = [(m, r) for m, r in asked if r is not None and bool(r.any())]
+    if not asked:
+        return out, weights
+
+    wanted = asked[0][1].clone()
+    for _, r in asked[1:]:
+        wanted |= r
+    rows = _gather_row_set(wanted, view)
+    batch, heads, _, dim = query.shape
+    kv_len = key.shape[2]
+    scale = scaling if scaling is not None else module.scaling
+    groups = heads // key.shape[1]
+    k = repeat_kv(key, groups).float()
+    v = repeat_kv(value, groups).float()
+    scores = (_gather_rows(query, rows.index).float() @ k.transpose(-1, -2)) * scale
+    softcap = kwargs.get("softcap")
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores + _row_mask(attention_mask, rows, view, batch, kv_len)
+
+    changed = torch.zeros(batch, heads, rows.index.shape[1], dtype=torch.bool, device=query.device)
+    per_method = []
+    for method, r in asked:
+        own = r.gather(1, rows.index) & rows.valid
+        per_method.append((method, RowSet(rows.index, rows.valid, rows.positions, own)))
+    for method, rs in per_method:
+        res = method.edit_logits(view, rs, scores)
+        if res is not None:
+            scores, ch = res
+            changed |= ch & rs.own[:, None, :]
+    probs = torch.softmax(scores, dim=-1)
+    for method, rs in per_method:
+        res = method.edit_probs(view, rs, probs)
+        if res is not None:
+            probs, ch = res
+            changed |= ch & rs.own[:, None, :]
+    if not bool(changed.any()):
+        return out, weights
+
+    new = (probs @ v).to(out.dtype).transpose(1, 2)  # (B, R, H, D)
+    old = out.gather(1, rows.index[:, :, None, None].expand(batch, rows.index.shape[1], heads, dim))
+    merged = torch.where(changed.transpose(1, 2)[..., None], new, old)
+    flat = (rows.index + torch.arange(batch, device=out.device)[:, None] * out.shape[1])[rows.valid]
+    out = out.clone()
+    out.view(-1, heads, dim)[flat] = merged[rows.valid]
+    return out, weights
+
+
+def _sdpa_steered(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    return steered_attention(
+        module, query, key, value, attention_mask, scaling, base=sdpa_attention_forward, **kwargs
+    )
+
+
+def _eager_steered(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    return steered_attention(
+        module, query, key, value, attention_mask, scaling, base=_module_eager(module), **kwargs
+    )
+
+
+def register() -> None:
+    """Register our two implementation names (SDPA- and eager-based), each with its mask function.
+
+    Idempotent. The registry is transformers' own; our per-model state never lives in it.
+    """
+    AttentionInterface.register(SDPA_NAME, _sdpa_steered)
+    AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
+    AttentionInterface.register(EAGER_NAME, _eager_steered)
+    AttentionMaskInterface.register(EAGER_NAME, eager_mask)

@@ -1,0 +1,166 @@
+"""Per-model engine: installs the attention implementation and the position-tracking hooks, holds per-call state.
+
+One `Engine` belongs to one model and one `apply`. It switches only the language model to our implementation
+name (the vision tower stays as it was), tracks which absolute positions are image tokens through prefill and
+decode with a forward pre-hook on the top model (SPEC §1.4), and restores everything on `remove`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..patches.base import FamilyAdapter
+from . import attention
+from .method import AttentionMethod, CallState, LayerView
+
+logger = logging.getLogger(__name__)
+
+
+def _cache_length(kwargs: dict[str, Any]) -> int:
+    """Tokens already in the cache handed to this forward (0 without a cache)."""
+    cache = kwargs.get("past_key_values", kwargs.get("cache"))
+    if cache is None:
+        return 0
+    try:
+        return int(cache.get_seq_length())
+    except (AttributeError, TypeError):
+        return 0
+
+
+class Engine:
+    """Hooks and state for one patched model."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, methods: Sequence[AttentionMethod]):
+        self.model = model
+        self.adapter = adapter
+        self.methods = list(methods)
+        self.layers = adapter.decoder_layers()
+        self.num_layers = len(self.layers)
+        self.call: CallState | None = None
+        self.last_report: dict[str, Any] = {}
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._attn_modules: list[nn.Module] = []
+        self._previous_impl: str | None = None
+
+    # ---------------------------------------------------------------- install / remove
+    def install(self) -> None:
+        attention.register()
+        text_config = self.adapter.text_config()
+        previous = getattr(text_config, "_attn_implementation", None) or "eager"
+        if previous in (attention.SDPA_NAME, attention.EAGER_NAME):
+            raise RuntimeError("this model already carries vlm-attn methods: remove that handle before applying again")
+        if previous == "eager":
+            name = attention.EAGER_NAME
+        else:
+            if previous != "sdpa":
+                logger.warning(
+                    "attention implementation %r is not supported by vlm-attn; the language model runs on SDPA while "
+                    "patched and goes back to %r on remove",
+                    previous,
+                    previous,
+                )
+            name = attention.SDPA_NAME
+        for method in self.methods:
+            method.bind(self.model, self.adapter, self.num_layers)
+        self._previous_impl = previous
+        for layer in self.layers:
+            module = self.adapter.attention_module(layer)
+            setattr(module, attention.ENGINE_ATTR, self)
+            self._attn_modules.append(module)
+        self._hooks.append(self.model.register_forward_pre_hook(self._top_pre_hook, with_kwargs=True))
+        if any(m.wants_layer_inputs for m in self.methods):
+            for idx, layer in enumerate(self.layers):
+                self._hooks.append(layer.register_forward_pre_hook(self._layer_hook(idx), with_kwargs=True))
+        self.adapter.set_text_attn_implementation(name)
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        for module in self._attn_modules:
+            if getattr(module, attention.ENGINE_ATTR, None) is self:
+                delattr(module, attention.ENGINE_ATTR)
+        self._attn_modules.clear()
+        if self._previous_impl is not None:
+            self.adapter.set_text_attn_implementation(self._previous_impl)
+            self._previous_impl = None
+        self.call = None
+
+    # ---------------------------------------------------------------- hooks
+    def _top_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        past = _cache_length(kwargs)
+        if input_ids is None:
+            embeds = kwargs.get("inputs_embeds")
+            if embeds is None:
+                return
+            new_mask = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+            if past == 0:
+                logger.warning(
+                    "vlm-attn: the forward got inputs_embeds without input_ids, so image positions are unknown; "
+                    "methods stay inactive for this call. Pass input_ids (model.generate does)."
+                )
+        else:
+            new_mask = self.adapter.image_mask(input_ids, kwargs)
+        if past == 0 or self.call is None:
+            if past == 0 and self.call is not None:
+                self.last_report = self.report()
+            self.call = CallState(image_mask=new_mask)
+            missing = ~new_mask.any(dim=1)
+            if input_ids is not None and bool(missing.any()):
+                logger.warning(
+                    "vlm-attn: %d of %d prompt(s) contain no image token; the methods leave them unchanged. "
+                    "Put the image in the prompt (processor(images=..., text=...) with the chat template's image slot).",
+                    int(missing.sum()),
+                    missing.numel(),
+                )
+        else:
+            self.call.extend(new_mask)
+
+    def _layer_hook(self, idx: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            call = self.call
+            if call is None or not call.prefill:
+                return
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            if hidden is None or hidden.shape[1] != call.seq_len:
+                return
+            for method in self.methods:
+                if method.wants_layer_inputs:
+                    method.observe_layer_input(call, idx, hidden)
+
+        return hook
+
+    # ---------------------------------------------------------------- per-call views
+    def layer_view(self, layer_idx: int, q_len: int, kv_len: int) -> LayerView:
+        call = self.call
+        assert call is not None
+        key_pos, image_keys = call.key_view(kv_len)
+        t = call.seq_len
+        return LayerView(
+            layer_idx=layer_idx,
+            num_layers=self.num_layers,
+            call=call,
+            query_pos=torch.arange(t - q_len, t, device=call.image_mask.device),
+            query_image=call.image_mask[:, t - q_len :],
+            key_pos=key_pos,
+            image_keys=image_keys,
+            first_image=call.first_image(),
+        )
+
+    def report(self) -> dict[str, Any]:
+        """What each method did during the most recent call (plain data)."""
+        if self.call is None:
+            return dict(self.last_report)
+        out: dict[str, Any] = {
+            "batch_size": int(self.call.image_mask.shape[0]),
+            "sequence_length": self.call.seq_len,
+            "image_tokens": [int(n) for n in self.call.image_mask.sum(dim=1)],
+        }
+        for method in self.methods:
+            out[method.name] = method.summary(self.call)
+        return out

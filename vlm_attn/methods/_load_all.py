@@ -1,0 +1,3 @@
+"""Imports every attention-method file so that each registers itself."""
+
+from . import var  # noqa: F401

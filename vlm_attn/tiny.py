@@ -1,0 +1,124 @@
+"""Tiny random models of the real architectures, built offline, for tests and for the no-download demo.
+
+A tiny model is made from its family's config with real processor classes and a small BPE tokenizer trained here,
+its weights redrawn from a seed with a larger std (transformers' 0.02 init makes attention nearly uniform, so
+methods would barely move anything, SPEC §1), saved with `save_pretrained`, and loaded back through the same
+`from_pretrained` path users take. They demonstrate the machinery, not quality: their text is noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny-"
+_RECIPE_VERSION = "1"
+_CORPUS = (
+    "a photo of a cat and a dog on the table . the image shows a red car next to a traffic light . "
+    "describe the image in detail . what is in the picture ? is there a person in the image ? yes no . "
+    "there is a man riding a horse near a tree , a woman holding an umbrella , two people on a bench . "
+    "user assistant system answer the question using a single word or phrase . where in the image should i look ?"
+)
+
+
+def build_tokenizer(special_tokens: list[str], named: dict[str, str], vocab_size: int = 320, **kwargs: Any):
+    """A byte-level BPE tokenizer trained on a small built-in corpus (any text encodes; no download).
+
+    `named` maps attribute names (image_token, ...) to special-token strings so processors find them.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_CORPUS] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, extra_special_tokens=named, **kwargs)
+
+
+def _redraw(model: torch.nn.Module, language_model: torch.nn.Module, lm_std: float, other_std: float, seed: int):
+    """Redraw every weight matrix from N(0, std) with a fixed seed; norms stay at 1 and biases at 0."""
+    gen = torch.Generator().manual_seed(seed)
+    lm_params = {id(p) for p in language_model.parameters()}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim < 2:
+                continue
+            std = lm_std if id(param) in lm_params else other_std
+            param.copy_(torch.randn(param.shape, generator=gen) * std)
+        for name, param in model.named_parameters():
+            # Gemma 3's fresh config zero-initialises this projection weight (SPEC §1).
+            if "mm_input_projection_weight" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * other_std)
+
+
+def tiny_families() -> list[str]:
+    """Family names that have a tiny recipe (use as `tiny-<family>`)."""
+    from .patches import _load_all  # noqa: F401
+    from .patches.base import _FAMILIES, FamilyAdapter
+
+    base = FamilyAdapter.tiny_spec.__func__
+    return [name for name, cls in sorted(_FAMILIES.items()) if cls.tiny_spec.__func__ is not base]
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("VLM_ATTN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vlm_attn")
+    return Path(root) / "tiny"
+
+
+def build_tiny(family: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Build and save a tiny random model (weights + processor) of `family` into `out_dir`."""
+    from .patches import _load_all  # noqa: F401
+    from .patches.base import _FAMILIES, UnsupportedModelError
+
+    if family not in tiny_families():
+        raise UnsupportedModelError(f"no tiny model for {family!r}; available: {', '.join(tiny_families())}")
+    adapter_cls = _FAMILIES[family]
+    spec = adapter_cls.tiny_spec(build_tokenizer)
+    torch.manual_seed(seed)
+    model = spec.model_class(spec.config).eval()
+    adapter = adapter_cls(model)
+    _redraw(model, adapter.language_model(), spec.lm_std, spec.other_std, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    adapter_cls.save_tiny_processor(spec.processor, out)
+    (out / "VLM_ATTN_TINY").write_text(f"{family} recipe {_RECIPE_VERSION} seed {seed}\n")
+    return out
+
+
+def tiny_path(name: str, cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Directory of the tiny model `name` ('tiny-llava' or 'llava'), building it on first use."""
+    family = name[len(TINY_PREFIX) :] if name.startswith(TINY_PREFIX) else name
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = root / f"{family}-r{_RECIPE_VERSION}-s{seed}"
+    if not (path / "VLM_ATTN_TINY").exists():
+        logger.info("building tiny %s model in %s", family, path)
+        build_tiny(family, path, seed=seed)
+    return path
+
+
+def load_tiny(name: str, cache_dir: str | os.PathLike | None = None, seed: int = 0) -> tuple[Any, Any]:
+    """(model, processor) of a tiny model, loaded through `from_pretrained` like any checkpoint."""
+    from transformers import AutoModelForImageTextToText
+
+    from .patches import _load_all  # noqa: F401
+    from .patches.base import _FAMILIES
+
+    path = tiny_path(name, cache_dir, seed)
+    family = (path / "VLM_ATTN_TINY").read_text().split()[0]
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    processor = _FAMILIES[family].load_tiny_processor(str(path))
+    return model, processor

@@ -8,6 +8,7 @@ methods would barely move anything, SPEC §1), saved with `save_pretrained`, and
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -18,34 +19,35 @@ import torch
 logger = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny-"
-_RECIPE_VERSION = "1"
+_RECIPE_VERSION = "3"
 _CORPUS = (
-    "a photo of a cat and a dog on the table . the image shows a red car next to a traffic light . "
-    "describe the image in detail . what is in the picture ? is there a person in the image ? yes no . "
-    "there is a man riding a horse near a tree , a woman holding an umbrella , two people on a bench . "
-    "user assistant system answer the question using a single word or phrase . where in the image should i look ?"
+    "a an the this that there is are of in on at to and with near next under above behind left right "
+    "photo image picture scene describe detail details what where which how many color answer question using single "
+    "word phrase should look please yes no . , ? ! ' : "
+    "person man woman people child car bus truck bicycle motorcycle traffic light stop sign bench bird cat dog horse "
+    "sheep cow elephant bear zebra giraffe umbrella handbag tie suitcase frisbee skis kite ball bottle cup fork knife "
+    "spoon bowl banana apple sandwich orange pizza cake chair couch bed table toilet tv laptop phone book clock vase "
+    "tree sky road street grass water building red green blue yellow black white small large two three "
+    "standing sitting riding holding walking parked user assistant system"
 )
 
 
-def build_tokenizer(special_tokens: list[str], named: dict[str, str], vocab_size: int = 320, **kwargs: Any):
-    """A byte-level BPE tokenizer trained on a small built-in corpus (any text encodes; no download).
+def build_tokenizer(special_tokens: list[str], named: dict[str, str], **kwargs: Any):
+    """A word-level tokenizer over a small built-in vocabulary (no download; random generations read as words).
 
-    `named` maps attribute names (image_token, ...) to special-token strings so processors find them.
+    `named` maps attribute names (image_token, ...) to special-token strings so processors find them. Words outside
+    the vocabulary become `<unk>`.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([_CORPUS] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, extra_special_tokens=named, **kwargs)
+    words = sorted(set(_CORPUS.split()))
+    vocab = {tok: i for i, tok in enumerate([*special_tokens, "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(special_tokens)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", extra_special_tokens=named, **kwargs)
 
 
 def _redraw(model: torch.nn.Module, language_model: torch.nn.Module, lm_std: float, other_std: float, seed: int):
@@ -95,8 +97,41 @@ def build_tiny(family: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     adapter_cls.save_tiny_processor(spec.processor, out)
+    _write_demo_settings(model, spec.processor, out)
     (out / "VLM_ATTN_TINY").write_text(f"{family} recipe {_RECIPE_VERSION} seed {seed}\n")
     return out
+
+
+def _write_demo_settings(model: torch.nn.Module, processor: Any, out: Path) -> None:
+    """Sink dims and tau for VAR demos on random weights (they peak at |x_d|/RMS ~ 3-4, far below tau = 20).
+
+    The highest threshold at which calibration finds dims *and* VAR then finds visual sinks and redistributes on
+    the sample image is kept, so `vlm-attn generate --model tiny-<family> --method var` shows the machinery acting.
+    """
+    from PIL import Image
+
+    from .api import apply
+    from .loading import DEMO_FILE, sample_image_path
+    from .methods.sink_calibration import calibrate_sinks
+    from .methods.var import VARConfig
+    from .prompting import build_inputs
+
+    image = Image.open(sample_image_path()).convert("RGB")
+    batch = build_inputs(processor, [image], ["Please describe this image in detail."])
+    for tau in (4.0, 3.5, 3.0, 2.5, 2.0, 1.5):
+        try:
+            found = calibrate_sinks(model, processor, [image], threshold=tau, max_token_fraction=0.2)
+        except ValueError:
+            continue
+        dims = found.sink_dims[:4]
+        with apply(model, VARConfig(sink_dims=tuple(dims), tau=tau)) as handle, torch.no_grad():
+            model(**batch)
+            report = handle.report()["var"]
+        if report.get("active") and report["total_heads_redistributed"] > 0:
+            demo = {"sink_dims": dims, "tau": tau, "note": "demo of the machinery on random weights"}
+            (out / DEMO_FILE).write_text(json.dumps(demo, indent=2))
+            return
+    logger.warning("no demo VAR settings found for the tiny model in %s", out)
 
 
 def tiny_path(name: str, cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from .method import LayerView, RowSet
@@ -33,26 +33,35 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(2, index[:, None, :, None].expand(b, h, index.shape[1], d))
 
 
+def _grouped_matmul(a: torch.Tensor, b: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """(B, H, R, X) @ (B, Hkv, X, Y) -> (B, H, R, Y) without repeating the shared KV heads (GQA)."""
+    batch, heads, rows, x = a.shape
+    out = a.reshape(batch, kv_heads, (heads // kv_heads) * rows, x) @ b
+    return out.view(batch, heads, rows, b.shape[-1])
+
+
 def _row_mask(
     attention_mask: torch.Tensor | None, rows: RowSet, view: LayerView, batch: int, kv_len: int
 ) -> torch.Tensor:
     """Additive fp32 mask (B, 1, R, K) for the gathered rows, rebuilding causality when SDPA got no mask."""
     if attention_mask is None:
-        allowed = view.key_pos[None, None, :] <= rows.positions[:, :, None]
-        allowed = allowed[:, None]
+        allowed = (view.key_pos[None, None, :] <= rows.positions[:, :, None])[:, None]
     else:
         m = attention_mask[..., :kv_len].expand(batch, -1, -1, -1)
-        m = m.gather(2, rows.index[:, None, :, None].expand(batch, m.shape[1], rows.index.shape[1], kv_len))
-        if m.dtype == torch.bool:
-            allowed = m
-        else:
+        if m.shape[2] > 1:
+            m = m.gather(2, rows.index[:, None, :, None].expand(batch, m.shape[1], rows.index.shape[1], kv_len))
+        if m.dtype != torch.bool:
             return m.float().clamp_min(torch.finfo(torch.float32).min)
+        allowed = m
     zero = torch.zeros((), dtype=torch.float32, device=allowed.device)
     return torch.where(allowed, zero, torch.finfo(torch.float32).min)
 
 
 def _gather_row_set(wanted: torch.Tensor, view: LayerView) -> RowSet:
     """Pad per-sample row lists (from a (B, Q) bool) to a common length R."""
+    if wanted.shape[1] == 1:  # decode step: the one row, no sort and no host sync
+        index = torch.zeros_like(wanted, dtype=torch.long)
+        return RowSet(index=index, valid=wanted, positions=view.query_pos[index], own=wanted)
     counts = wanted.sum(dim=1)
     r = int(counts.max())
     # Stable sort puts wanted rows first, in order; padding repeats them (never written back).
@@ -73,28 +82,32 @@ def steered_attention(
     base: Callable[..., tuple[torch.Tensor, Any]],
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """Run `base` for all heads; recompute and overwrite the (head, row) pairs that active methods edit."""
+    """Run `base` for all heads; recompute and overwrite the (head, row) pairs that active methods edit.
+
+    Scores are computed like eager attention (matmul in the model dtype, softmax in fp32). Decode steps (one query
+    row) take a path with no host synchronisation; with no method asking for a row the base output is returned
+    untouched (bitwise pass-through).
+    """
     out, weights = base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     engine = getattr(module, ENGINE_ATTR, None)
     if engine is None or engine.call is None or not engine.methods:
         return out, weights
-    view = engine.layer_view(module.layer_idx, query.shape[2], key.shape[2])
-    asked = [(m, m.rows(view)) for m in engine.methods]
-    asked = [(m, r) for m, r in asked if r is not None and bool(r.any())]
+    batch, heads, q_len, dim = query.shape
+    kv_len = key.shape[2]
+    view = engine.layer_view(module.layer_idx, q_len, kv_len)
+    asked = [(m, r) for m in engine.methods if (r := m.rows(view)) is not None]
+    if q_len > 1:
+        asked = [(m, r) for m, r in asked if bool(r.any())]
     if not asked:
         return out, weights
 
-    wanted = asked[0][1].clone()
+    wanted = asked[0][1]
     for _, r in asked[1:]:
-        wanted |= r
+        wanted = wanted | r
     rows = _gather_row_set(wanted, view)
-    batch, heads, _, dim = query.shape
-    kv_len = key.shape[2]
     scale = scaling if scaling is not None else module.scaling
-    groups = heads // key.shape[1]
-    k = repeat_kv(key, groups).float()
-    v = repeat_kv(value, groups).float()
-    scores = (_gather_rows(query, rows.index).float() @ k.transpose(-1, -2)) * scale
+    q_rows = _gather_rows(query, rows.index) if q_len > 1 else query
+    scores = _grouped_matmul(q_rows, key.transpose(-1, -2), key.shape[1]).float() * scale
     softcap = kwargs.get("softcap")
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
@@ -103,7 +116,7 @@ def steered_attention(
     changed = torch.zeros(batch, heads, rows.index.shape[1], dtype=torch.bool, device=query.device)
     per_method = []
     for method, r in asked:
-        own = r.gather(1, rows.index) & rows.valid
+        own = (r.gather(1, rows.index) if q_len > 1 else r) & rows.valid
         per_method.append((method, RowSet(rows.index, rows.valid, rows.positions, own)))
     for method, rs in per_method:
         res = method.edit_logits(view, rs, scores)
@@ -116,12 +129,15 @@ def steered_attention(
         if res is not None:
             probs, ch = res
             changed |= ch & rs.own[:, None, :]
+
+    new = _grouped_matmul(probs.to(value.dtype), value, value.shape[1]).to(out.dtype).transpose(1, 2)
+    keep = changed.transpose(1, 2)[..., None]  # (B, R, H, 1)
+    if q_len == 1:
+        return torch.where(keep, new, out), weights
     if not bool(changed.any()):
         return out, weights
-
-    new = (probs @ v).to(out.dtype).transpose(1, 2)  # (B, R, H, D)
     old = out.gather(1, rows.index[:, :, None, None].expand(batch, rows.index.shape[1], heads, dim))
-    merged = torch.where(changed.transpose(1, 2)[..., None], new, old)
+    merged = torch.where(keep, new, old)
     flat = (rows.index + torch.arange(batch, device=out.device)[:, None] * out.shape[1])[rows.valid]
     out = out.clone()
     out.view(-1, heads, dim)[flat] = merged[rows.valid]

@@ -124,10 +124,8 @@ class Engine:
     def _layer_hook(self, idx: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             call = self.call
-            if call is None or not call.prefill:
-                return
             hidden = args[0] if args else kwargs.get("hidden_states")
-            if hidden is None or hidden.shape[1] != call.seq_len:
+            if call is None or hidden is None or hidden.shape[1] > call.seq_len:
                 return
             for method in self.methods:
                 if method.wants_layer_inputs:
@@ -139,18 +137,7 @@ class Engine:
     def layer_view(self, layer_idx: int, q_len: int, kv_len: int) -> LayerView:
         call = self.call
         assert call is not None
-        key_pos, image_keys = call.key_view(kv_len)
-        t = call.seq_len
-        return LayerView(
-            layer_idx=layer_idx,
-            num_layers=self.num_layers,
-            call=call,
-            query_pos=torch.arange(t - q_len, t, device=call.image_mask.device),
-            query_image=call.image_mask[:, t - q_len :],
-            key_pos=key_pos,
-            image_keys=image_keys,
-            first_image=call.first_image(),
-        )
+        return LayerView(layer_idx, self.num_layers, call, call.view_parts(q_len, kv_len))
 
     def report(self) -> dict[str, Any]:
         """What each method did during the most recent call (plain data)."""

@@ -27,7 +27,7 @@ class CallState:
     prefill: bool = True  # whether the forward now running started from an empty cache
     store: dict[str, Any] = field(default_factory=dict)  # per-method scratch data (e.g. VAR's sinks per layer)
     report: dict[str, Any] = field(default_factory=dict)  # what the methods did, for `handle.report()`
-    _views: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _cache: dict[Any, Any] = field(default_factory=dict)  # per-forward derived tensors
 
     @property
     def seq_len(self) -> int:
@@ -35,34 +35,50 @@ class CallState:
 
     def first_image(self) -> torch.Tensor:
         """(B,) position of the first image token per sample; `seq_len` (never reached) when there is none."""
-        mask = self.image_mask
-        pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-        big = torch.full_like(pos, mask.shape[1])
-        return torch.where(mask, pos, big).min(dim=1).values
+        if "first_image" not in self._cache:
+            mask = self.image_mask
+            pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+            self._cache["first_image"] = torch.where(mask, pos, mask.shape[1]).min(dim=1).values
+        return self._cache["first_image"]
 
-    def key_view(self, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map key slots to absolute positions: (positions (K,), image flag per slot (B, K)).
+    def to_key_slots(self, per_position: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """Map a (B, T) flag over absolute positions to key slots (B, K).
 
         A dynamic cache holds the last `kv_len` positions; a static cache is longer than the sequence and slot j is
         position j (slots past the sequence are empty and masked by the caller's mask).
         """
-        key = (kv_len, self.seq_len)
-        if key not in self._views:
+        t = per_position.shape[1]
+        if kv_len <= t:
+            return per_position[:, t - kv_len :]
+        return torch.nn.functional.pad(per_position, (0, kv_len - t), value=False)
+
+    def view_parts(self, q_len: int, kv_len: int) -> dict[str, torch.Tensor]:
+        """Per-forward tensors shared by every layer's view (computed once per (q_len, kv_len))."""
+        key = ("view", q_len, kv_len)
+        if key not in self._cache:
             t, dev = self.seq_len, self.image_mask.device
-            if kv_len <= t:
-                pos = torch.arange(t - kv_len, t, device=dev)
-                img = self.image_mask[:, t - kv_len :]
-            else:
-                pos = torch.arange(kv_len, device=dev)
-                img = torch.nn.functional.pad(self.image_mask, (0, kv_len - t), value=False)
-            self._views[key] = (pos, img)
-        return self._views[key]
+            start = max(t - kv_len, 0) if kv_len <= t else 0
+            query_pos = torch.arange(t - q_len, t, device=dev)
+            query_image = self.image_mask[:, t - q_len :]
+            first = self.first_image()
+            self._cache[key] = {
+                "query_pos": query_pos,
+                "query_image": query_image,
+                "key_pos": torch.arange(start, start + kv_len, device=dev),
+                "image_keys": self.to_key_slots(self.image_mask, kv_len),
+                "first_image": first,
+                "text_after_image": (~query_image) & (query_pos[None, :] > first[:, None]),
+            }
+        return self._cache[key]
 
     def extend(self, new_mask: torch.Tensor) -> None:
         """Append the image flags of the tokens a continuation forward feeds (decode steps: all False)."""
         self.image_mask = torch.cat([self.image_mask, new_mask.to(self.image_mask.device)], dim=1)
         self.prefill = False
-        self._views.clear()
+        first = self._cache.get("first_image")
+        self._cache.clear()
+        if first is not None and not bool(new_mask.any()):
+            self._cache["first_image"] = first  # decode tokens are text: the first image does not move
 
 
 @dataclass
@@ -72,19 +88,40 @@ class LayerView:
     layer_idx: int
     num_layers: int
     call: CallState
-    query_pos: torch.Tensor  # (Q,) absolute positions of the query rows of this forward
-    query_image: torch.Tensor  # (B, Q) bool
-    key_pos: torch.Tensor  # (K,) absolute positions of the key slots
-    image_keys: torch.Tensor  # (B, K) bool
-    first_image: torch.Tensor  # (B,)
+    parts: dict[str, torch.Tensor]
 
     @property
     def prefill(self) -> bool:
         return self.call.prefill
 
+    @property
+    def query_pos(self) -> torch.Tensor:
+        """(Q,) absolute positions of this forward's query rows."""
+        return self.parts["query_pos"]
+
+    @property
+    def query_image(self) -> torch.Tensor:
+        """(B, Q) bool: query rows that are image tokens."""
+        return self.parts["query_image"]
+
+    @property
+    def key_pos(self) -> torch.Tensor:
+        """(K,) absolute positions of the key slots."""
+        return self.parts["key_pos"]
+
+    @property
+    def image_keys(self) -> torch.Tensor:
+        """(B, K) bool: key slots holding image tokens."""
+        return self.parts["image_keys"]
+
+    @property
+    def first_image(self) -> torch.Tensor:
+        """(B,) position of each sample's first image token (seq_len when it has none)."""
+        return self.parts["first_image"]
+
     def text_rows_after_image(self) -> torch.Tensor:
         """(B, Q) bool: non-image query rows that come after the sample's first image token."""
-        return (~self.query_image) & (self.query_pos[None, :] > self.first_image[:, None])
+        return self.parts["text_after_image"]
 
     def last_row(self) -> torch.Tensor:
         """(B, Q) bool: the last query row of this forward (the row that predicts the next token)."""
@@ -107,8 +144,8 @@ class AttentionMethod:
     """Base class of the attention methods the engine runs. Override only what the method needs.
 
     - `bind` resolves model-dependent defaults once, at `apply` time.
-    - `observe_layer_input` sees the hidden state entering each decoder layer at prefill (only when
-      `wants_layer_inputs` is True: otherwise no layer hook is installed).
+    - `observe_layer_input` sees the hidden state of the new tokens entering each decoder layer, at prefill and at
+      each decode step (only when `wants_layer_inputs` is True: otherwise no layer hook is installed).
     - `rows` says which query rows of this attention call the method edits; None means none (the fast path).
     - `edit_logits` / `edit_probs` edit the gathered (B, H, R, K) fp32 tensor and return it with the (B, H, R)
       cells they changed.
@@ -121,7 +158,7 @@ class AttentionMethod:
         """Resolve defaults that depend on the model (layer range, sink dims...)."""
 
     def observe_layer_input(self, call: CallState, layer_idx: int, hidden: torch.Tensor) -> None:
-        """See the hidden state (B, T, D) entering decoder layer `layer_idx` during a prefill forward."""
+        """See the hidden state (B, Q, D) of this forward's Q new tokens entering decoder layer `layer_idx`."""
 
     def rows(self, view: LayerView) -> torch.Tensor | None:
         """(B, Q) bool of query rows to edit in this call, or None when the method does nothing here."""

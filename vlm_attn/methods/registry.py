@@ -32,4 +32,5 @@ def config_classes() -> dict[str, type]:
     """Method name (the config's `name`) -> config class, for the CLI."""
     from . import _load_all  # noqa: F401
 
-    return {cls.__dataclass_fields__["name"].default: cls for cls in _METHODS}
+    fields = {cls: getattr(cls, "__dataclass_fields__", {}).get("name") for cls in _METHODS}
+    return {f.default: cls for cls, f in fields.items() if f is not None}

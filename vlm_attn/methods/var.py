@@ -128,7 +128,11 @@ def load_sink_dims(path: str | Path) -> tuple[tuple[int, ...], dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- engine plug
 @register_method(VARConfig)
 class VARMethod(AttentionMethod):
-    """Plugs the VAR math into the engine: sinks from layer inputs at prefill, redistribution after softmax."""
+    """Plugs the VAR math into the engine: sinks from layer inputs, redistribution after softmax.
+
+    Sinks are found over all prompt tokens at prefill and kept; each decoded token is tested as it arrives, so a
+    cached generation and a no-cache recomputation see the same sink set.
+    """
 
     wants_layer_inputs = True
 
@@ -163,17 +167,20 @@ class VARMethod(AttentionMethod):
         self.layers = frozenset(self.config.resolve_layers(num_layers))
         self.num_layers = num_layers
 
-    # --- prefill: sinks of every layer in scope
+    # --- sinks of every layer in scope: all tokens at prefill, then each new token as it is decoded
     def observe_layer_input(self, call: CallState, layer_idx: int, hidden: torch.Tensor) -> None:
         if layer_idx not in self.layers or self.config.p == 0:
             return
         sinks = sink_scores(hidden, self.sink_dims) > self.config.tau
         store = call.store.setdefault(self.name, {"sinks": {}, "has_visual": {}})
-        store["sinks"][layer_idx] = sinks
-        store["has_visual"][layer_idx] = (sinks & call.image_mask).any(dim=1)
         counts = call.report.setdefault(self.name, _empty_report(self.num_layers, hidden.device))
-        counts["text_sinks"][layer_idx] = (sinks & ~call.image_mask).sum()
-        counts["visual_sinks"][layer_idx] = (sinks & call.image_mask).sum()
+        if call.prefill or layer_idx not in store["sinks"]:
+            store["sinks"][layer_idx] = sinks
+            store["has_visual"][layer_idx] = (sinks & call.image_mask).any(dim=1)
+            counts["visual_sinks"][layer_idx] = (sinks & call.image_mask).sum()
+        else:  # decode tokens are text: they can add text sinks, never visual ones
+            store["sinks"][layer_idx] = torch.cat([store["sinks"][layer_idx], sinks], dim=1)
+        counts["text_sinks"][layer_idx] += (sinks & ~call.image_mask[:, -sinks.shape[1] :]).sum()
 
     def _sinks(self, view: LayerView) -> tuple[torch.Tensor, torch.Tensor] | None:
         store = view.call.store.get(self.name)
@@ -193,8 +200,7 @@ class VARMethod(AttentionMethod):
         self, view: LayerView, rows: RowSet, probs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         sinks, _ = self._sinks(view)  # type: ignore[misc]
-        need = int(view.key_pos.max()) + 1 - sinks.shape[1]
-        sink_cols = torch.nn.functional.pad(sinks, (0, max(0, need)), value=False)[:, view.key_pos]
+        sink_cols = view.call.to_key_slots(sinks, probs.shape[-1])
         selected = image_centric(probs, view.image_keys, sink_cols, self.config.image_mass, self.config.rho)
         selected &= rows.own[:, None, :]
         counts = view.call.report[self.name]

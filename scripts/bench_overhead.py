@@ -1,0 +1,175 @@
+"""Speed and memory of vlm-attn against the unpatched model, in one run (issue 2's benchmark).
+
+Builds a LLaVA-shaped random model (language model: hidden 1024, 8 layers, 16 heads; 576 image tokens from a
+336px CLIP-shaped tower; a ~600-token prompt) and measures, for each variant, prefill time, decode ms/token over
+32 new tokens and peak memory, each as a ratio to vanilla SDPA:
+
+- vanilla SDPA              the unpatched model (reference)
+- vanilla eager             attn_implementation="eager"
+- peer style                eager with output_attentions and output_hidden_states (how the official VAR code runs)
+- VAR (vlm-attn)            SDPA with VAR applied through vlm_attn.apply
+
+Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU each variant runs in a fresh subprocess and the
+figure is the growth of peak RSS during generation. Usage:
+
+    python scripts/bench_overhead.py [--device cuda] [--dtype bfloat16] [--repeats 3] [--new-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+IMAGE_TOKENS = 576
+TEXT_BEFORE, TEXT_AFTER = 5, 19  # ~600-token prompt in all
+
+
+def build_model(seed: int = 0):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    vision = dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                  num_attention_heads=4, image_size=336, patch_size=14)
+    text = dict(model_type="llama", hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                num_attention_heads=16, num_key_value_heads=16, vocab_size=32064, max_position_embeddings=2048)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=32000, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # larger weights than the 0.02 default, so attention is not uniform
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+def make_inputs(device: str):
+    gen = torch.Generator().manual_seed(1)
+    before = torch.randint(3, 32000, (TEXT_BEFORE,), generator=gen)
+    after = torch.randint(3, 32000, (TEXT_AFTER,), generator=gen)
+    ids = torch.cat([torch.tensor([1]), before, torch.full((IMAGE_TOKENS,), 32000), after])[None]
+    pixels = torch.randn(1, 3, 336, 336, generator=gen)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "pixel_values": pixels.to(device)}
+
+
+def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens: int) -> dict:
+    import vlm_attn
+
+    model = build_model().to(device=device, dtype=getattr(torch, dtype))
+    inputs = make_inputs(device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(getattr(torch, dtype))
+    extra: dict = {}
+    handle = None
+    if variant in ("eager", "peer"):
+        model.set_attn_implementation("eager")
+    if variant == "peer":
+        extra = dict(output_attentions=True, output_hidden_states=True, return_dict_in_generate=True)
+    if variant == "var":
+        handle = vlm_attn.apply(model, vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3))
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def timed(n):
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra)
+        sync()
+        return time.perf_counter() - t0
+
+    timed(2)  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base_mem = torch.cuda.memory_allocated()
+    rss_before = _rss_now()
+    prefill, total = [], []
+    for _ in range(repeats):
+        prefill.append(timed(1))
+        total.append(timed(new_tokens))
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() - base_mem
+    else:
+        peak = max(0, _peak_rss() - rss_before)
+    p, t = statistics.median(prefill), statistics.median(total)
+    out = {"variant": variant, "prefill_s": p, "decode_ms_per_token": 1000 * (t - p) / (new_tokens - 1),
+           "peak_bytes": peak}
+    if handle is not None:
+        report = handle.report()["var"]
+        out["var_heads_redistributed"] = report["total_heads_redistributed"]
+        out["var_visual_sinks"] = sum(report["visual_sinks"].values())
+        handle.remove()
+    return out
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _child(args, queue):
+    torch.set_num_threads(args.threads) if args.threads else None
+    queue.put(run_variant(*args.variant_args))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--variants", default="sdpa,eager,peer,var")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    results = []
+    ctx = mp.get_context("spawn")
+    for variant in args.variants.split(","):
+        if args.device == "cpu":  # a fresh process per variant so that peak RSS is its own
+            queue = ctx.Queue()
+            args.variant_args = (variant, args.device, dtype, args.repeats, args.new_tokens)
+            proc = ctx.Process(target=_child, args=(args, queue))
+            proc.start()
+            results.append(queue.get())
+            proc.join()
+        else:
+            results.append(run_variant(variant, args.device, dtype, args.repeats, args.new_tokens))
+    ref = results[0]
+    names = {"sdpa": "vanilla SDPA", "eager": "vanilla eager", "peer": "peer style (eager + outputs)",
+             "var": "VAR (vlm-attn)"}
+    if args.json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    sys.stdout.write(f"device: {device_name}; dtype {dtype}; prompt {TEXT_BEFORE + TEXT_AFTER + 1 + IMAGE_TOKENS} "
+                     f"tokens; {args.new_tokens} new tokens; median of {args.repeats}\n")
+    sys.stdout.write("| variant | prefill s | x | decode ms/tok | x | peak MiB | x |\n|---|---|---|---|---|---|---|\n")
+    for r in results:
+        mem_ratio = r["peak_bytes"] / ref["peak_bytes"] if ref["peak_bytes"] else float("nan")
+        sys.stdout.write(
+            f"| {names.get(r['variant'], r['variant'])} | {r['prefill_s']:.3f} | {r['prefill_s'] / ref['prefill_s']:.2f} "
+            f"| {r['decode_ms_per_token']:.1f} | {r['decode_ms_per_token'] / ref['decode_ms_per_token']:.2f} "
+            f"| {r['peak_bytes'] / 2**20:.0f} | {mem_ratio:.2f} |\n"
+        )
+    for r in results:
+        if "var_heads_redistributed" in r:
+            sys.stdout.write(f"VAR was active: {r['var_visual_sinks']} visual sinks, "
+                             f"{r['var_heads_redistributed']} (row, head) pairs redistributed in the last call\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""PAI: attention amplification on image keys plus image-free logits guidance (ECCV 2024).
+
+This module holds the method's configuration and its pure tensor math; it knows no model family and
+no engine. SPEC section 3:
+
+* Amplification, before softmax, in layers 2..L-1, all heads, the current last query row:
+  ``z[q, j] <- z[q, j] + alpha * |z[q, j]|`` for every image key ``j``.
+* Guidance, as a logits processor fed by a second, unsteered forward without the image:
+  ``out = gamma * (logp_img - logp_noimg) + logp_noimg``; tokens whose image log-probability is below
+  ``log(cutoff) + max(logp_img)`` are removed (set to ``-inf``).
+
+The official code skips the first generated token because a flag starts in the wrong state; we apply
+the method from the first generated token on (``PAIConfig.from_first_token`` accepts only ``True``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "PAIConfig",
+    "amplify_logits",
+    "guided_logits",
+    "resolve_layers",
+    "validate_layers",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared validation helpers (PAINT reuses them)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_real(name: str, value: Any) -> float:
+    """Return ``value`` as a float, or raise ValueError if it is not a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _check_nonneg(name: str, value: Any) -> float:
+    """Finite real ``>= 0``."""
+    v = _check_real(name, value)
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return v
+
+
+def _check_open_closed_unit(name: str, value: Any) -> float:
+    """Finite real in ``(0, 1]``."""
+    v = _check_real(name, value)
+    if not 0.0 < v <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return v
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def validate_layers(name: str, layers: Sequence[int] | None) -> tuple[int, ...] | None:
+    """Normalise an explicit decoder-layer selection to a sorted tuple of distinct non-negative ints.
+
+    ``None`` (the default layer range) passes through. Raises ValueError naming ``name`` when the
+    selection is empty, holds a non-integer, a negative index or a duplicate.
+    """
+    if layers is None:
+        return None
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise ValueError(f"{name} must be a sequence of layer indices >= 0 or None, got {layers!r}")
+    out: list[int] = []
+    for idx in layers:
+        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+            raise ValueError(f"{name} must hold integer layer indices >= 0, got {idx!r}")
+        out.append(int(idx))
+    if not out:
+        raise ValueError(f"{name} must not be empty; use None for the default layers 2..L-1")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must not repeat a layer, got {tuple(layers)!r}")
+    return tuple(sorted(out))
+
+
+def resolve_layers(layers: tuple[int, ...] | None, num_layers: int, name: str = "layers") -> tuple[int, ...]:
+    """Concrete decoder layers to steer for a model with ``num_layers`` layers.
+
+    ``None`` means layers ``2 .. num_layers-1`` (0-based, both ends included: the official
+    ``range(2, 32)`` for a 32-layer LLaVA). Explicit layers must lie in ``[0, num_layers)``.
+    """
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+    if layers is None:
+        return tuple(range(2, num_layers))
+    bad = [i for i in layers if i >= num_layers]
+    if bad:
+        raise ValueError(f"{name} {bad} out of range for a model with {num_layers} layers (allowed 0..{num_layers - 1})")
+    return tuple(layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PAIConfig:
+    """Settings of PAI (SPEC section 3). Validated on construction; ValueError names the field.
+
+    Attributes:
+        alpha: amplification of image-key logits, ``>= 0`` (0.2 for LLaVA-1.5).
+        layers: decoder layers to steer (0-based); ``None`` = ``2 .. L-1``, see :meth:`resolve_layers`.
+        guidance: run the image-free logits guidance beside the attention edit.
+        gamma: guidance strength, ``>= 0``; ``gamma = 1`` returns the image log-probabilities (no effect).
+        cutoff: plausibility cut-off in ``(0, 1]``: tokens with ``p_img < cutoff * max p_img`` are removed.
+        from_first_token: steer from the first generated token on. Only ``True`` is accepted: the official
+            code skips token 1 because a flag starts in the wrong state, a bug we do not reproduce.
+    """
+
+    alpha: float = 0.2
+    layers: tuple[int, ...] | None = None
+    guidance: bool = True
+    gamma: float = 1.1
+    cutoff: float = 0.1
+    from_first_token: bool = True
+    name: str = field(default="pai", init=False, repr=False)  # registry / CLI key
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha", _check_nonneg("alpha", self.alpha))
+        object.__setattr__(self, "layers", validate_layers("layers", self.layers))
+        _check_bool("guidance", self.guidance)
+        object.__setattr__(self, "gamma", _check_nonneg("gamma", self.gamma))
+        object.__setattr__(self, "cutoff", _check_open_closed_unit("cutoff", self.cutoff))
+        if self.from_first_token is not True:
+            raise ValueError(
+                "from_first_token must be True (allowed: True only); skipping the first generated token "
+                f"reproduces a flag bug of the official PAI code, got {self.from_first_token!r}"
+            )
+
+    def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The decoder layers this config steers in a model with ``num_layers`` layers."""
+        return resolve_layers(self.layers, num_layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tensor math
+# --------------------------------------------------------------------------------------------------
+
+
+def _columns_4d(columns: Tensor, z: Tensor) -> Tensor:
+    """Broadcast a (B, K) or (B, R, K) boolean key selection to (B, 1, R|1, K)."""
+    if columns.dtype != torch.bool:
+        raise ValueError(f"columns must be a bool tensor, got dtype {columns.dtype}")
+    b, _, r, k = z.shape
+    if columns.dim() == 2 and columns.shape == (b, k):
+        return columns[:, None, None, :]
+    if columns.dim() == 3 and columns.shape == (b, r, k):
+        return columns[:, None, :, :]
+    raise ValueError(f"columns must have shape (B, K)={(b, k)} or (B, R, K)={(b, r, k)}, got {tuple(columns.shape)}")
+
+
+def _coef_4d(coef: float | Tensor, z: Tensor, name: str) -> float | Tensor:
+    """Broadcast a scalar, per-head (H,) or per-sample-per-head (B, H) factor to (B|1, H, 1, 1).
+
+    A 1-D tensor is always read as per-head, even when B == H.
+    """
+    if not isinstance(coef, Tensor):
+        return float(coef)
+    b, h = z.shape[0], z.shape[1]
+    coef = coef.to(device=z.device, dtype=z.dtype)
+    if coef.dim() == 0:
+        return coef
+    if coef.dim() == 1 and coef.shape[0] == h:
+        return coef.view(1, h, 1, 1)
+    if coef.dim() == 2 and coef.shape == (b, h):
+        return coef.view(b, h, 1, 1)
+    raise ValueError(f"{name} must be a scalar, shape (H,)={(h,)} or (B, H)={(b, h)}, got {tuple(coef.shape)}")
+
+
+def _check_logits_4d(z: Tensor) -> None:
+    if z.dim() != 4:
+        raise ValueError(f"z must have shape (B, H, R, K), got {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+
+
+def _unmasked(z: Tensor) -> Tensor:
+    """Keys that carry a real score, not an additive mask value.
+
+    Masked logits sit at ``finfo.min`` (or ``-inf``); ``finfo.min + alpha * |finfo.min|`` would climb back
+    to a large finite value and un-mask the key. Only logits above ``finfo.min / 2`` are edited; real
+    attention scores are many orders of magnitude smaller, so nothing genuine is skipped. NaN is excluded
+    as well (it compares False).
+    """
+    return z > torch.finfo(z.dtype).min / 2
+
+
+def amplify_logits(z: Tensor, columns: Tensor, alpha: float | Tensor) -> Tensor:
+    """PAI amplification: ``z + alpha * |z|`` on the selected keys, ``z`` elsewhere (out of place).
+
+    Args:
+        z: pre-softmax attention scores, shape (B, H, R, K) (R query rows, K keys), including the
+            additive mask.
+        columns: bool, (B, K) for the same keys in every row or (B, R, K) per row; True = amplify.
+        alpha: scalar, per-head (H,) or per-sample-per-head (B, H) factor.
+
+    Returns:
+        A new tensor of the dtype and shape of ``z``. Masked keys (``z <= finfo.min / 2`` or ``-inf``)
+        are left unchanged so they stay masked.
+    """
+    _check_logits_4d(z)
+    sel = _columns_4d(columns, z) & _unmasked(z)
+    a = _coef_4d(alpha, z, "alpha")
+    return torch.where(sel, z + a * z.abs(), z)
+
+
+def guided_logits(logits_img: Tensor, logits_noimg: Tensor, gamma: float, cutoff: float) -> Tensor:
+    """PAI image-free guidance on next-token scores.
+
+    ``lp_img = log_softmax(logits_img)``, ``lp_noimg = log_softmax(logits_noimg)``;
+    ``out = gamma * (lp_img - lp_noimg) + lp_noimg``, and ``out = -inf`` wherever
+    ``lp_img < log(cutoff) + max(lp_img)`` (the plausibility cut-off; a token exactly at the bound is kept,
+    the arg-max of ``lp_img`` always survives).
+
+    Args:
+        logits_img: scores of the pass with the image, shape (B, V) (any leading shape works; V last).
+        logits_noimg: scores of the unsteered pass without the image, same shape.
+        gamma: guidance strength, >= 0; 1 returns ``lp_img`` (with the cut-off applied).
+        cutoff: in (0, 1].
+
+    Returns:
+        Float tensor (at least float32: the log-softmax runs in float32 for half inputs), shape (B, V).
+    """
+    if logits_img.shape != logits_noimg.shape:
+        raise ValueError(
+            f"logits_img and logits_noimg must have the same shape, got {tuple(logits_img.shape)} "
+            f"and {tuple(logits_noimg.shape)}"
+        )
+    gamma = _check_nonneg("gamma", gamma)
+    cutoff = _check_open_closed_unit("cutoff", cutoff)
+    dtype = torch.promote_types(torch.promote_types(logits_img.dtype, logits_noimg.dtype), torch.float32)
+    lp_img = torch.log_softmax(logits_img.to(dtype), dim=-1)
+    lp_noimg = torch.log_softmax(logits_noimg.to(dtype), dim=-1)
+    out = gamma * (lp_img - lp_noimg) + lp_noimg
+    bound = math.log(cutoff) + lp_img.max(dim=-1, keepdim=True).values
+    return out.masked_fill(lp_img < bound, float("-inf"))

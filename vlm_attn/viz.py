@@ -1,0 +1,140 @@
+"""Pictures of attention maps for reports and debugging: heatmap overlays, boxes, marked tokens.
+
+Only Pillow and numpy are used (no matplotlib): the colormap is a five-stop piecewise-linear approximation of
+"inferno" (dark purple -> red -> yellow), which stays readable in greyscale print and for colour-blind readers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from vlm_attn.methods.crops import MapLike, as_grid, to_rgb
+
+# (position in [0, 1], RGB) stops of the colormap.
+_COLORMAP_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
+    (0.00, (0, 0, 4)),
+    (0.25, (87, 16, 110)),
+    (0.50, (188, 55, 84)),
+    (0.75, (249, 142, 9)),
+    (1.00, (252, 255, 164)),
+)
+# Outline colours for successive boxes (e.g. the Funnel's focal, alpha1, alpha2 boxes).
+_BOX_COLORS: tuple[tuple[int, int, int], ...] = ((255, 255, 255), (0, 255, 255), (0, 255, 0), (255, 0, 255))
+_MARK_COLOR = (255, 0, 0)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in ``[0, 1]`` (any shape) to uint8 RGB, shape ``values.shape + (3,)``; values are clipped."""
+    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    stops = np.array([s for s, _ in _COLORMAP_STOPS])
+    colors = np.array([c for _, c in _COLORMAP_STOPS], dtype=np.float64)
+    channels = [np.interp(values, stops, colors[:, k]) for k in range(3)]
+    return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
+
+
+def _upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Min-max normalise a ``(gh, gw)`` map to ``[0, 1]`` and resize it bilinearly to ``size = (W, H)``."""
+    low, high = float(grid.min()), float(grid.max())
+    scaled = (grid - low) / (high - low) if high > low else np.zeros_like(grid)
+    resized = Image.fromarray(scaled.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float64), 0.0, 1.0)
+
+
+def _line_width(size: tuple[int, int]) -> int:
+    return max(1, round(min(size) / 150))
+
+
+def draw_attention(
+    image: Image.Image,
+    grid_map: MapLike,
+    boxes: Sequence[Sequence[float]] | None = None,
+    title: str | None = None,
+    marks: Sequence[tuple[int, int]] | None = None,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Overlay an attention grid on ``image`` as a heatmap, with optional boxes, marked cells and a title.
+
+    Args:
+        image: the original image (any mode; converted to RGB, alpha over white).
+        grid_map: ``(gh, gw)`` attention map over the image-token grid; min-max scaled for display, so only its
+            shape matters, not its sum.
+        boxes: ``(left, top, right, bottom)`` pixel boxes (right/bottom exclusive), outlined in white, cyan,
+            green, magenta, then cycling.
+        title: text drawn in a dark strip over the top-left corner.
+        marks: ``(row, col)`` grid cells outlined in red and crossed, e.g. the visual sink tokens.
+        alpha: heatmap opacity in ``[0, 1]``.
+
+    Returns:
+        A new RGB image of the same size as ``image``; the input is left untouched.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    base = to_rgb(image)
+    grid = as_grid(grid_map).numpy()
+    gh, gw = grid.shape
+    width, height = base.size
+
+    heat = colormap(_upsample(grid, base.size)).astype(np.float64)
+    blended = (1.0 - alpha) * np.asarray(base, dtype=np.float64) + alpha * heat
+    out = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    line = _line_width(base.size)
+
+    for k, box in enumerate(boxes or ()):
+        left, top, right, bottom = (round(float(v)) for v in box)
+        if right <= left or bottom <= top:
+            raise ValueError(f"box {tuple(box)} is empty")
+        draw.rectangle((left, top, right - 1, bottom - 1), outline=_BOX_COLORS[k % len(_BOX_COLORS)], width=line)
+
+    for row, col in marks or ():
+        if not (0 <= row < gh and 0 <= col < gw):
+            raise ValueError(f"mark ({row}, {col}) is outside the {gh}x{gw} grid")
+        x0, x1 = round(col * width / gw), round((col + 1) * width / gw) - 1
+        y0, y1 = round(row * height / gh), round((row + 1) * height / gh) - 1
+        draw.rectangle((x0, y0, max(x0, x1), max(y0, y1)), outline=_MARK_COLOR, width=line)
+        draw.line((x0, y0, x1, y1), fill=_MARK_COLOR, width=line)
+        draw.line((x0, y1, x1, y0), fill=_MARK_COLOR, width=line)
+
+    if title:
+        font = ImageFont.load_default()
+        left, top, right, bottom = draw.textbbox((0, 0), title, font=font)
+        pad = 2
+        draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
+        draw.text((pad - left, pad - top), title, fill=(255, 255, 255), font=font)
+    return out
+
+
+def side_by_side(
+    images: Sequence[Image.Image], titles: Sequence[str] | None = None, gap: int = 4
+) -> Image.Image:
+    """Paste images left to right on a white canvas, top-aligned, ``gap`` pixels apart, each under its title.
+
+    ``titles``, when given, has one entry per image and is written in a band above the images. The canvas is
+    ``sum(widths) + gap * (n - 1)`` wide and ``max(heights)`` (+ the title band) tall.
+    """
+    if not images:
+        raise ValueError("side_by_side needs at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"got {len(titles)} titles for {len(images)} images")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap!r}")
+    tiles = [to_rgb(im) for im in images]
+    font = ImageFont.load_default()
+    band = 0
+    if titles is not None:
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        band = max(probe.textbbox((0, 0), t or " ", font=font)[3] for t in titles) + 6
+    width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
+    height = max(t.height for t in tiles) + band
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for k, tile in enumerate(tiles):
+        canvas.paste(tile, (x, band))
+        if titles is not None and titles[k]:
+            draw.text((x + 2, 3), titles[k], fill=(0, 0, 0), font=font)
+        x += tile.width + gap
+    return canvas

@@ -1,0 +1,56 @@
+"""Fixtures for the evaluation tests: the reference data folder and a toy COCO val2014 on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+# shared/ sits beside the checkout: <parent>/main (this repo) and <parent>/shared.
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+
+TOY_CATEGORIES = [
+    {"id": 1, "name": "person"}, {"id": 15, "name": "bench"}, {"id": 17, "name": "cat"},
+    {"id": 18, "name": "dog"}, {"id": 70, "name": "toilet"},
+]
+# image id -> (instance category ids, human captions)
+TOY_IMAGES = {
+    1: ([18, 1, 18], ["A man walking his dog.", "A person with a puppy on a leash."]),
+    2: ([70], ["A small bathroom with a sink."]),
+    3: ([], ["A cat sleeping on a bench.", "A kitten on a wooden bench."]),
+}
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under shared/data, or skip the test when the folder is not beside the checkout."""
+    path = SHARED.joinpath("data", *parts)
+    if not path.exists():
+        pytest.skip(f"reference file {path} not present (shared/ is not beside the checkout)")
+    return path
+
+
+@pytest.fixture
+def toy_coco(tmp_path: Path) -> Path:
+    """A COCO-layout root with three tiny JPEGs and COCO-format instances/captions for val2014."""
+    root = tmp_path / "coco"
+    (root / "val2014").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, instances, captions = [], [], []
+    for image_id, (cats, caps) in TOY_IMAGES.items():
+        name = f"COCO_val2014_{image_id:012d}.jpg"
+        Image.new("RGB", (16, 12), (40 * image_id, 80, 120)).save(root / "val2014" / name)
+        images.append({"id": image_id, "file_name": name, "width": 16, "height": 12})
+        for cat in cats:
+            instances.append({"id": len(instances) + 1, "image_id": image_id, "category_id": cat,
+                              "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0})
+        for cap in caps:
+            captions.append({"id": len(captions) + 1, "image_id": image_id, "caption": cap})
+    (root / "annotations" / "instances_val2014.json").write_text(
+        json.dumps({"images": images, "annotations": instances, "categories": TOY_CATEGORIES})
+    )
+    (root / "annotations" / "captions_val2014.json").write_text(
+        json.dumps({"images": images, "annotations": captions})
+    )
+    return root

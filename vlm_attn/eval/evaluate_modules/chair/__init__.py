@@ -1,0 +1,1 @@
+"""evaluate module folder for CHAIR (the script is chair.py)."""

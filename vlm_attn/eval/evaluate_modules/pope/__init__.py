@@ -1,0 +1,1 @@
+"""evaluate module folder for POPE (the script is pope.py)."""

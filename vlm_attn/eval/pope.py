@@ -1,0 +1,278 @@
+"""POPE (Li et al. 2023): question loading, answer parsing and yes/no metrics.
+
+Sources:
+- the standard JSONL files ``coco_pope_{random,popular,adversarial}.json(l)``, one ``{question_id, image, text,
+  label}`` object per line. The current release has 3000 questions per split (1500 yes / 1500 no, 500 COCO
+  val2014 images); an older 2910-question random split (with "imange" typos) was used by some papers. Every
+  loaded split records the file's sha256 and which version it looks like, so results say what they ran on;
+- the HF dataset ``lmms-lab/POPE`` (columns id, question_id, question, answer, image_source, category, image),
+  through ``datasets`` (imported only when used).
+
+Answer parsing modes:
+- ``"official"`` (POPE's evaluate script, also LLaVA's eval_pope): keep the text before the first ``.``, drop
+  ``,``, split on single spaces; the answer is "no" if a word is ``No``, ``not`` or ``no``, else "yes".
+- ``"lmms-eval"`` (lmms-eval ``tasks/pope/utils.py``, checked against its source): the prediction is
+  ``text.lower().strip()`` and must equal the label exactly; accuracy is the exact-match rate, precision counts
+  only predictions equal to "yes" (TP: label yes, FP: label no), recall counts TP and FN = label yes and
+  prediction exactly "no", so an answer such as "yes." or "there is a dog" is wrong for accuracy and ignored by
+  precision and recall. lmms-eval's own "yes_ratio" is the share of *labels* that are yes (always 0.5 on the
+  balanced files); here ``yes_ratio`` is always the share of *predictions* that are "yes", as the spec asks.
+Metrics treat "yes" as the positive class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
+ParseMode = Literal["official", "lmms-eval"]
+PARSE_MODES: tuple[str, ...] = ("official", "lmms-eval")
+METRIC_NAMES: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+HF_DATASET = "lmms-lab/POPE"
+
+
+@dataclass(frozen=True)
+class PopeQuestion:
+    """One POPE question; ``image`` is the COCO file name (JSONL) or the ``image_source`` value (HF)."""
+
+    question_id: int | str
+    image: str
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class PopeSplit:
+    """The questions of one split plus where they came from.
+
+    ``image_loader(i)`` returns the PIL image of question ``i`` for sources that carry images (HF); JSONL
+    questions name a COCO val2014 file instead.
+    """
+
+    name: str
+    questions: tuple[PopeQuestion, ...]
+    provenance: dict[str, Any]
+    image_loader: Callable[[int], Any] | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    @property
+    def labels(self) -> list[str]:
+        return [q.label for q in self.questions]
+
+
+def version_note(n_questions: int) -> str:
+    """Which POPE release a split of ``n_questions`` questions looks like."""
+    if n_questions == 3000:
+        return "standard-3000"
+    if n_questions == 2910:
+        return "legacy-2910"
+    return f"nonstandard-{n_questions}"
+
+
+def content_sha256(questions: Sequence[PopeQuestion]) -> str:
+    """Hash of (question_id, text, label) in order: identical for the same questions from JSONL or HF."""
+    digest = hashlib.sha256()
+    for q in questions:
+        digest.update(json.dumps([str(q.question_id), q.text, q.label]).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _split_name(path: Path) -> str:
+    match = re.search(r"pope_(random|popular|adversarial)", path.name)
+    return match.group(1) if match else path.stem
+
+
+def load_pope_jsonl(path: str | Path, split: str | None = None) -> PopeSplit:
+    """Read a POPE question file (JSONL; a JSON array is accepted too) with sha256 and version recorded."""
+    path = Path(path)
+    raw = path.read_bytes()
+    text = raw.decode("utf-8")
+    if text.lstrip().startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    questions = tuple(
+        PopeQuestion(
+            question_id=row["question_id"], image=row["image"], text=row["text"],
+            label=str(row["label"]).strip().lower(),
+        )
+        for row in rows
+    )
+    name = split or _split_name(path)
+    provenance = {
+        "source": "jsonl",
+        "path": str(path),
+        "split": name,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "content_sha256": content_sha256(questions),
+        "n_questions": len(questions),
+        "n_yes": sum(q.label == "yes" for q in questions),
+        "version": version_note(len(questions)),
+    }
+    if provenance["version"] != "standard-3000":
+        logger.warning("POPE %s: %d questions (%s), not the standard 3000", name, len(questions), provenance["version"])
+    return PopeSplit(name=name, questions=questions, provenance=provenance)
+
+
+def load_pope_dir(directory: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, PopeSplit]:
+    """Load ``coco_pope_<split>.jsonl`` (or ``.json``) for each split from ``directory``."""
+    directory = Path(directory)
+    result = {}
+    for split in splits:
+        candidates = [directory / f"coco_pope_{split}.{ext}" for ext in ("jsonl", "json")]
+        found = next((p for p in candidates if p.exists()), None)
+        if found is None:
+            raise FileNotFoundError(f"POPE file for split {split!r} not found: tried {', '.join(map(str, candidates))}")
+        result[split] = load_pope_jsonl(found, split)
+    return result
+
+
+def pope_from_hf(
+    dataset: Any, split: str, source: str = HF_DATASET, revision: str | None = None
+) -> PopeSplit:
+    """Turn an ``lmms-lab/POPE``-style ``datasets.Dataset`` into one split (rows whose ``category`` is ``split``).
+
+    Columns are read without decoding images; ``image_loader(i)`` decodes question ``i``'s image on demand.
+    """
+    categories = dataset["category"]
+    rows = [i for i, c in enumerate(categories) if c == split]
+    if not rows:
+        raise ValueError(f"no POPE rows with category {split!r} (found {sorted(set(categories))})")
+    qids, texts = dataset["question_id"], dataset["question"]
+    answers, sources = dataset["answer"], dataset["image_source"]
+    questions = tuple(
+        PopeQuestion(question_id=qids[i], image=str(sources[i]), text=texts[i], label=str(answers[i]).strip().lower())
+        for i in rows
+    )
+    provenance = {
+        "source": "hf",
+        "dataset": source,
+        "split": split,
+        "revision": revision,
+        "fingerprint": getattr(dataset, "_fingerprint", None),
+        "content_sha256": content_sha256(questions),
+        "n_questions": len(questions),
+        "n_yes": sum(q.label == "yes" for q in questions),
+        "version": version_note(len(questions)),
+    }
+    return PopeSplit(
+        name=split, questions=questions, provenance=provenance,
+        image_loader=lambda k: dataset[rows[k]]["image"],
+    )
+
+
+def load_pope_hf(
+    split: str, dataset: str = HF_DATASET, hf_split: str = "test", revision: str | None = None, **kwargs: Any
+) -> PopeSplit:
+    """Load one POPE split from the HF hub (needs ``pip install datasets`` and network or a warm cache)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError(
+            "loading POPE from the HF hub needs the `datasets` package: pip install datasets "
+            "(or pip install 'vlm-attn[eval]'); the JSONL files work without it"
+        ) from exc
+    ds = datasets.load_dataset(dataset, split=hf_split, revision=revision, **kwargs)
+    return pope_from_hf(ds, split, source=dataset, revision=revision)
+
+
+def parse_answer_official(text: str) -> str:
+    """POPE's official parsing: "no" if a word of the first sentence is No/not/no, else "yes"."""
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if {"No", "not", "no"} & set(words) else "yes"
+
+
+def parse_answer_lmms_eval(text: str) -> str:
+    """lmms-eval's normalisation: lower-case and strip (the result is compared with the label as is)."""
+    return text.lower().strip()
+
+
+def parse_answer(text: str, mode: ParseMode | str = "official") -> str:
+    """Normalise a model answer with the chosen mode ("official" or "lmms-eval")."""
+    if mode == "official":
+        return parse_answer_official(text)
+    if mode == "lmms-eval":
+        return parse_answer_lmms_eval(text)
+    raise ValueError(f"POPE parse mode must be one of {PARSE_MODES}, not {mode!r}")
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else 0.0
+
+
+def pope_metrics(labels: Sequence[str], answers: Sequence[str], mode: ParseMode | str = "official") -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 (yes = positive), yes_ratio of predictions, and the confusion counts.
+
+    ``unparsed`` counts predictions that are neither "yes" nor "no" (possible only in "lmms-eval" mode).
+    """
+    if len(labels) != len(answers):
+        raise ValueError(f"{len(labels)} labels but {len(answers)} answers")
+    if not labels:
+        raise ValueError("POPE metrics need at least one answer")
+    gold = [label.strip().lower() for label in labels]
+    bad = sorted({g for g in gold if g not in ("yes", "no")})
+    if bad:
+        raise ValueError(f"POPE labels must be yes/no, found {bad}")
+    preds = [parse_answer(a, mode) for a in answers]
+    tp = sum(p == "yes" and g == "yes" for p, g in zip(preds, gold))
+    fp = sum(p == "yes" and g == "no" for p, g in zip(preds, gold))
+    tn = sum(p == "no" and g == "no" for p, g in zip(preds, gold))
+    fn = sum(p == "no" and g == "yes" for p, g in zip(preds, gold))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {
+        "accuracy": (tp + tn) / len(gold),
+        "precision": precision,
+        "recall": recall,
+        "f1": _ratio(2 * precision * recall, precision + recall),
+        "yes_ratio": sum(p == "yes" for p in preds) / len(preds),
+        "n": len(gold),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "unparsed": sum(p not in ("yes", "no") for p in preds),
+    }
+
+
+def score_split(
+    split: PopeSplit, answers: Mapping[Any, str] | Sequence[str], mode: ParseMode | str = "official"
+) -> dict[str, Any]:
+    """Metrics of one split; ``answers`` is a list in question order or a mapping question_id -> answer."""
+    if isinstance(answers, Mapping):
+        missing = [q.question_id for q in split.questions if q.question_id not in answers]
+        if missing:
+            raise KeyError(f"POPE {split.name}: no answer for {len(missing)} questions, e.g. {missing[:5]}")
+        ordered = [answers[q.question_id] for q in split.questions]
+    else:
+        ordered = list(answers)
+    return pope_metrics(split.labels, ordered, mode)
+
+
+def average_splits(per_split: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Unweighted mean of each metric across splits; counts are summed."""
+    if not per_split:
+        raise ValueError("no POPE splits to average")
+    values = list(per_split.values())
+    result: dict[str, Any] = {m: sum(v[m] for v in values) / len(values) for m in METRIC_NAMES}
+    for count in ("n", "tp", "fp", "tn", "fn", "unparsed"):
+        result[count] = sum(v[count] for v in values)
+    return result
+
+
+def evaluate_pope(
+    splits: Mapping[str, PopeSplit],
+    answers: Mapping[str, Mapping[Any, str] | Sequence[str]],
+    mode: ParseMode | str = "official",
+) -> dict[str, dict[str, Any]]:
+    """``{split: metrics, ..., "average": metrics}`` for every split that has answers."""
+    per_split = {name: score_split(splits[name], answers[name], mode) for name in splits if name in answers}
+    return {**per_split, "average": average_splits(per_split)}

@@ -86,6 +86,12 @@ def sink_scores(hidden: torch.Tensor, sink_dims: tuple[int, ...], eps: float = 1
     return x.index_select(-1, dims).abs().amax(dim=-1) / rms
 
 
+def column_sums(probs: torch.Tensor, *columns: torch.Tensor) -> torch.Tensor:
+    """Attention mass of each row on each key set, in one matmul: (B, H, R, K) x n * (B, K) -> (B, H, R, n)."""
+    sets = torch.stack(columns, dim=-1).to(probs.dtype)  # (B, K, n)
+    return probs @ sets[:, None]
+
+
 def image_centric(
     probs: torch.Tensor, image_cols: torch.Tensor, sink_cols: torch.Tensor, image_mass: float, rho: float
 ) -> torch.Tensor:
@@ -93,10 +99,11 @@ def image_centric(
 
     probs (B, H, R, K); image_cols and sink_cols (B, K) bool.
     """
-    img = image_cols[:, None, None, :]
-    vis_ns = (image_cols & ~sink_cols)[:, None, None, :]
-    mass = (probs * img).sum(-1)
-    non_sink = (probs * vis_ns).sum(-1)
+    sums = column_sums(probs, image_cols, image_cols & ~sink_cols)
+    return _is_image_centric(sums[..., 0], sums[..., 1], image_mass, rho)
+
+
+def _is_image_centric(mass: torch.Tensor, non_sink: torch.Tensor, image_mass: float, rho: float) -> torch.Tensor:
     return (mass >= image_mass) & (non_sink >= rho * mass) & (non_sink > 0)
 
 
@@ -108,12 +115,34 @@ def redistribute(
     Sink keys (text and visual) keep (1 - p) of their weight; the removed mass is added to each visual non-sink key
     j as Omega * a_j / sum_{visual non-sink} a. Row sums are preserved. Unselected rows are returned unchanged.
     """
-    sink = sink_cols[:, None, None, :]
-    vis_ns = (image_cols & ~sink_cols)[:, None, None, :]
-    omega = p * (probs * sink).sum(-1, keepdim=True)
-    non_sink = (probs * vis_ns).sum(-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
-    new = torch.where(sink, probs * (1.0 - p), probs) + torch.where(vis_ns, probs * (omega / non_sink), 0.0)
-    return torch.where(selected[..., None], new, probs)
+    vis_ns = image_cols & ~sink_cols
+    sums = column_sums(probs, sink_cols, vis_ns)
+    return _redistribute(probs, sink_cols, vis_ns, sums[..., 0], sums[..., 1], p, selected)
+
+
+def _redistribute(
+    probs: torch.Tensor,
+    sink_cols: torch.Tensor,
+    vis_ns: torch.Tensor,
+    sink_mass: torch.Tensor,
+    non_sink: torch.Tensor,
+    p: float,
+    selected: torch.Tensor,
+) -> torch.Tensor:
+    # One multiplicative factor per (row, key): 1 - p on sinks, 1 + Omega / non_sink on visual non-sinks, 1 elsewhere.
+    gain = (p * sink_mass / non_sink.clamp_min(torch.finfo(probs.dtype).tiny))[..., None]
+    factor = torch.where(sink_cols[:, None, None, :], 1.0 - p, 1.0) + vis_ns[:, None, None, :] * gain
+    return torch.where(selected[..., None], probs * factor, probs)
+
+
+def var_step(
+    probs: torch.Tensor, image_cols: torch.Tensor, sink_cols: torch.Tensor, config: VARConfig, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head selection and redistribution sharing one pass of column sums; rows (B, R) limits the selection."""
+    vis_ns = image_cols & ~sink_cols
+    sums = column_sums(probs, image_cols, vis_ns, sink_cols)
+    selected = _is_image_centric(sums[..., 0], sums[..., 1], config.image_mass, config.rho) & rows[:, None, :]
+    return _redistribute(probs, sink_cols, vis_ns, sums[..., 2], sums[..., 1], config.p, selected), selected
 
 
 def load_sink_dims(path: str | Path) -> tuple[tuple[int, ...], dict[str, Any]]:
@@ -178,9 +207,9 @@ class VARMethod(AttentionMethod):
             store["sinks"][layer_idx] = sinks
             store["has_visual"][layer_idx] = (sinks & call.image_mask).any(dim=1)
             counts["visual_sinks"][layer_idx] = (sinks & call.image_mask).sum()
-        else:  # decode tokens are text: they can add text sinks, never visual ones
+            counts["text_sinks"][layer_idx] = (sinks & ~call.image_mask).sum()
+        else:  # decode tokens are text: they can add text sinks (not counted in the report), never visual ones
             store["sinks"][layer_idx] = torch.cat([store["sinks"][layer_idx], sinks], dim=1)
-        counts["text_sinks"][layer_idx] += (sinks & ~call.image_mask[:, -sinks.shape[1] :]).sum()
 
     def _sinks(self, view: LayerView) -> tuple[torch.Tensor, torch.Tensor] | None:
         store = view.call.store.get(self.name)
@@ -201,12 +230,11 @@ class VARMethod(AttentionMethod):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         sinks, _ = self._sinks(view)  # type: ignore[misc]
         sink_cols = view.call.to_key_slots(sinks, probs.shape[-1])
-        selected = image_centric(probs, view.image_keys, sink_cols, self.config.image_mass, self.config.rho)
-        selected &= rows.own[:, None, :]
+        new, selected = var_step(probs, view.image_keys, sink_cols, self.config, rows.own)
         counts = view.call.report[self.name]
         counts["rows"][view.layer_idx] += rows.own.sum()
         counts["heads_redistributed"][view.layer_idx] += selected.sum()
-        return redistribute(probs, view.image_keys, sink_cols, self.config.p, selected), selected
+        return new, selected
 
     def summary(self, call: CallState) -> dict[str, Any]:
         counts = call.report.get(self.name)

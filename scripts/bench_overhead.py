@@ -8,11 +8,16 @@ Builds a LLaVA-shaped random model (language model: hidden 1024, 8 layers, 16 he
 - vanilla eager             attn_implementation="eager"
 - peer style                eager with output_attentions and output_hidden_states (how the official VAR code runs)
 - VAR (vlm-attn)            SDPA with VAR applied through vlm_attn.apply
+- pai, paint                PAI / PAINT amplification without guidance (target: decode <= 1.05x; PAINT's vision
+                            capture shows in its prefill ratio, target <= 1.05x)
+- pai+guidance, ...         with the image-free guidance pass (a second forward per step: compare with 2x)
+  (select with --variants sdpa,pai,paint,pai+guidance,paint+guidance)
 
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU each variant runs in a fresh subprocess and the
 figure is the growth of peak RSS during generation. Usage:
 
     python scripts/bench_overhead.py [--device cuda] [--dtype bfloat16] [--repeats 3] [--new-tokens 32]
+    python scripts/bench_overhead.py --anchor    # Visual Funnel anchoring pass vs vanilla prefill vs peer style
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
-import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -74,6 +79,12 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens:
         extra = dict(output_attentions=True, output_hidden_states=True, return_dict_in_generate=True)
     if variant == "var":
         handle = vlm_attn.apply(model, vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3))
+    guided = variant.endswith("+guidance")
+    method = variant.split("+")[0]
+    if method == "pai":
+        handle = vlm_attn.apply(model, vlm_attn.PAIConfig(alpha=0.2, guidance=guided))
+    if method == "paint":
+        handle = vlm_attn.apply(model, vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=guided))
 
     def sync():
         if device.startswith("cuda"):
@@ -83,7 +94,9 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens:
         sync()
         t0 = time.perf_counter()
         with torch.no_grad():
-            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra)
+            # guidance: a fresh processor (its own image-free cache) per generate call, as handle.generate does
+            per_call = {"logits_processor": handle.logits_processor(inputs)} if guided else {}
+            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra, **per_call)
         sync()
         return time.perf_counter() - t0
 
@@ -100,15 +113,77 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens:
         peak = torch.cuda.max_memory_allocated() - base_mem
     else:
         peak = max(0, _peak_rss() - rss_before)
-    p, t = statistics.median(prefill), statistics.median(total)
+    p, t = min(prefill), min(total)  # the minimum is the least disturbed by other load on the machine
     out = {"variant": variant, "prefill_s": p, "decode_ms_per_token": 1000 * (t - p) / (new_tokens - 1),
            "peak_bytes": peak}
+    if handle is not None and variant != "var":
+        out["method_report"] = {k: v for k, v in handle.report().get(variant.split("+")[0], {}).items()
+                                if k in ("active", "images", "local_tokens", "summary_tokens")}
+        handle.remove()
+        handle = None
     if handle is not None:
         report = handle.report()["var"]
         out["var_heads_redistributed"] = report["total_heads_redistributed"]
         out["var_visual_sinks"] = sum(report["visual_sinks"].values())
         handle.remove()
     return out
+
+
+ANCHOR_NAMES = {"prefill": "vanilla prefill (SDPA forward)", "anchor": "anchoring pass (vlm-attn, stops at layer)",
+                "anchor_full": "anchoring pass, full forward", "peer_attn": "peer style (eager, output_attentions)"}
+
+
+def run_anchor_variant(variant: str, device: str, dtype: str, repeats: int) -> dict:
+    """Time and peak memory of one forward: vanilla prefill, the Funnel anchoring pass, or the peer style."""
+    from vlm_attn.methods.anchor import capture_anchor_map
+
+    model = build_model().to(device=device, dtype=getattr(torch, dtype))
+    inputs = make_inputs(device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(getattr(torch, dtype))
+    if variant == "peer_attn":
+        model.set_attn_implementation("eager")
+    layer = {}
+
+    def once() -> None:
+        with torch.no_grad():
+            if variant == "prefill":
+                model(**inputs)
+            elif variant == "peer_attn":
+                out = model(**inputs, output_attentions=True)
+                layer["row"] = out.attentions[5][0, :, -1].mean(0)
+            else:
+                layer["map"] = capture_anchor_map(model, inputs, stop_early=variant == "anchor")
+
+    def timed() -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        once()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    timed()  # warm-up
+    times, peaks = [], []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            base_mem = torch.cuda.memory_allocated()
+        else:  # reset the kernel's high-water mark so the model build and the warm-up do not count
+            Path("/proc/self/clear_refs").write_text("5")
+            base_mem = _status_bytes("VmRSS")
+        times.append(timed())
+        peaks.append(torch.cuda.max_memory_allocated() - base_mem if device.startswith("cuda")
+                     else max(0, _status_bytes("VmHWM") - base_mem))
+    return {"variant": variant, "time_s": min(times), "peak_bytes": max(peaks)}
+
+
+def _status_bytes(field: str) -> int:
+    """A memory figure (VmRSS, VmHWM) of this process from /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _rss_now() -> int:
@@ -122,7 +197,7 @@ def _peak_rss() -> int:
 
 def _child(args, queue):
     torch.set_num_threads(args.threads) if args.threads else None
-    queue.put(run_variant(*args.variant_args))
+    queue.put(run_anchor_variant(*args.variant_args[:3], args.repeats) if args.anchor else run_variant(*args.variant_args))
 
 
 def main(argv=None) -> int:
@@ -134,7 +209,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--variants", default="sdpa,eager,peer,var")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--anchor", action="store_true",
+                    help="measure the Visual Funnel anchoring pass against a vanilla prefill and the peer style "
+                         "(variants prefill,anchor,anchor_full,peer_attn)")
     args = ap.parse_args(argv)
+    if args.anchor and args.variants == "sdpa,eager,peer,var":
+        args.variants = "prefill,anchor,anchor_full,peer_attn"
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     results = []
     ctx = mp.get_context("spawn")
@@ -146,16 +226,21 @@ def main(argv=None) -> int:
             proc.start()
             results.append(queue.get())
             proc.join()
+        elif args.anchor:
+            results.append(run_anchor_variant(variant, args.device, dtype, args.repeats))
         else:
             results.append(run_variant(variant, args.device, dtype, args.repeats, args.new_tokens))
+    if args.anchor:
+        return _print_anchor(results, args, dtype)
     ref = results[0]
     names = {"sdpa": "vanilla SDPA", "eager": "vanilla eager", "peer": "peer style (eager + outputs)",
-             "var": "VAR (vlm-attn)"}
+             "var": "VAR (vlm-attn)", "pai": "PAI, no guidance", "paint": "PAINT, no guidance",
+             "pai+guidance": "PAI + guidance (vs 2x)", "paint+guidance": "PAINT + guidance (vs 2x)"}
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     sys.stdout.write(f"device: {device_name}; dtype {dtype}; prompt {TEXT_BEFORE + TEXT_AFTER + 1 + IMAGE_TOKENS} "
-                     f"tokens; {args.new_tokens} new tokens; median of {args.repeats}\n")
+                     f"tokens; {args.new_tokens} new tokens; best of {args.repeats}\n")
     sys.stdout.write("| variant | prefill s | x | decode ms/tok | x | peak MiB | x |\n|---|---|---|---|---|---|---|\n")
     for r in results:
         mem_ratio = r["peak_bytes"] / ref["peak_bytes"] if ref["peak_bytes"] else float("nan")
@@ -168,6 +253,30 @@ def main(argv=None) -> int:
         if "var_heads_redistributed" in r:
             sys.stdout.write(f"VAR was active: {r['var_visual_sinks']} visual sinks, "
                              f"{r['var_heads_redistributed']} (row, head) pairs redistributed in the last call\n")
+    return 0
+
+
+def _print_anchor(results: list[dict], args: argparse.Namespace, dtype: str) -> int:
+    """Table of the anchoring benchmark: time and peak memory, as ratios to vanilla prefill and to the peer style."""
+    if args.json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    by = {r["variant"]: r for r in results}
+    ref, peer = by.get("prefill", results[0]), by.get("peer_attn")
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    sys.stdout.write(f"device: {device_name}; dtype {dtype}; prompt {TEXT_BEFORE + TEXT_AFTER + 1 + IMAGE_TOKENS} "
+                     f"tokens; one forward; best of {args.repeats}\n")
+    sys.stdout.write("| variant | time s | x prefill | x peer | peak MiB | x prefill | x peer |\n"
+                     "|---|---|---|---|---|---|---|\n")
+
+    def ratio(a: float, b: float | None) -> str:
+        return f"{a / b:.2f}" if b else "n/a"
+
+    for r in results:
+        sys.stdout.write(
+            f"| {ANCHOR_NAMES.get(r['variant'], r['variant'])} | {r['time_s']:.3f} | {ratio(r['time_s'], ref['time_s'])} "
+            f"| {ratio(r['time_s'], peer and peer['time_s'])} | {r['peak_bytes'] / 2**20:.0f} "
+            f"| {ratio(r['peak_bytes'], ref['peak_bytes'])} | {ratio(r['peak_bytes'], peer and peer['peak_bytes'])} |\n"
+        )
     return 0
 
 

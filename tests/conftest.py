@@ -16,6 +16,9 @@ CORE_FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
+# Tiny models need no intra-op parallelism; on shared, busy cores the spinning OpenMP threads turned a 4 ms forward
+# into ~1.7 s. One thread makes the suite many times faster (results are deterministic either way).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

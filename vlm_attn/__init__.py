@@ -6,9 +6,15 @@
 """
 
 from .api import Handle, apply, remove
-from .methods import VARConfig
+from .generation import GenerationResult, funnel_decide, generate, vicrop_decide
+from .methods.funnel import FunnelConfig
+from .methods.vicrop import ViCropConfig
+from .methods import HeadSensitivity, PAIConfig, PAINTConfig, VARConfig
 from .patches.base import UnsupportedModelError, supported_families
 
 __version__ = "0.1.0"
 
-__all__ = ["Handle", "VARConfig", "UnsupportedModelError", "apply", "remove", "supported_families", "__version__"]
+__all__ = [
+    "FunnelConfig", "GenerationResult", "Handle", "HeadSensitivity", "PAIConfig", "PAINTConfig", "UnsupportedModelError", "VARConfig", "ViCropConfig", "apply",
+    "funnel_decide", "generate", "remove", "supported_families", "vicrop_decide", "__version__",
+]

@@ -43,6 +43,39 @@ class Handle:
         """What each method did during the latest generate/forward call: sinks per layer, rows and heads edited."""
         return self.engine.report()
 
+    def logits_processor(self, inputs: Any) -> Any:
+        """A `LogitsProcessorList` for this `generate` call: PAI's image-free guidance when a config asks for it.
+
+        Pass it to an unchanged `model.generate(**inputs, logits_processor=handle.logits_processor(inputs))`;
+        build a new one for each call (it holds the image-free pass's own cache). The list is empty when no
+        config has `guidance=True` (VAR alone, or PAI/PAINT with guidance off). The first PAI/PAINT config with
+        guidance sets gamma and the cut-off.
+        """
+        from transformers import LogitsProcessorList
+
+        from .methods.guidance import ImageFreeGuidance, guidance_settings
+
+        settings = guidance_settings(self.configs)
+        if settings is None:
+            return LogitsProcessorList()
+        gamma, cutoff = settings
+        return LogitsProcessorList([ImageFreeGuidance(self.model, inputs, gamma=gamma, cutoff=cutoff)])
+
+    def generate(self, **kwargs: Any) -> Any:
+        """`model.generate(**kwargs)` plus the logits processors these methods need (PAI/PAINT guidance).
+
+        Takes exactly what `model.generate` takes (processor outputs and generation settings); a `logits_processor`
+        passed in is kept and the guidance processor appended to it.
+        """
+        from transformers import LogitsProcessorList
+
+        if not self.active:
+            raise RuntimeError("this handle was removed: apply the methods again before generating with them")
+        extra = self.logits_processor(kwargs)
+        if extra:
+            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), *extra])
+        return self.model.generate(**kwargs)
+
     def __enter__(self) -> "Handle":
         return self
 

@@ -48,8 +48,8 @@ def build_inputs(
         )
     texts = [chat_prompt(processor, p, images_per_prompt) for p in prompts]
     pil = [load_image(im) for im in images]
-    if images_per_prompt > 1:
-        pil = [pil[i : i + images_per_prompt] for i in range(0, len(pil), images_per_prompt)]
+    # One list per prompt, always: Gemma 3 and SmolVLM read a flat list as all images of a single prompt.
+    pil = [pil[i : i + images_per_prompt] for i in range(0, len(pil), images_per_prompt)]
     tokenizer = processor.tokenizer
     previous = tokenizer.padding_side
     tokenizer.padding_side = "left"

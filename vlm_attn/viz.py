@@ -7,6 +7,7 @@ Only Pillow and numpy are used (no matplotlib): the colormap is a five-stop piec
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -138,3 +139,34 @@ def side_by_side(
             draw.text((x + 2, 3), titles[k], fill=(0, 0, 0), font=font)
         x += tile.width + gap
     return canvas
+
+
+@dataclass
+class Panel:
+    """One picture of a figure: an image, optionally overlaid with an attention grid, boxes and marked cells.
+
+    Figures are lists of panels (`render_panels`): the Funnel's heatmap with its boxes, ViCrop's question, general
+    and relative maps, or a method's before/after maps with its sink tokens marked.
+    """
+
+    image: Image.Image
+    grid_map: MapLike | None = None
+    boxes: Sequence[Sequence[float]] = field(default_factory=list)
+    marks: Sequence[tuple[int, int]] = field(default_factory=list)
+    title: str = ""
+
+    def draw(self) -> Image.Image:
+        """The panel as an RGB image (the plain image when there is no grid; boxes still drawn)."""
+        if self.grid_map is None:
+            if not self.boxes and not self.marks:
+                return to_rgb(self.image)
+            grid = np.zeros((1, 1))
+            return draw_attention(self.image, grid, boxes=self.boxes, marks=self.marks or None, alpha=0.0)
+        return draw_attention(self.image, self.grid_map, boxes=self.boxes, marks=self.marks or None)
+
+
+def render_panels(panels: Sequence[Panel], gap: int = 4) -> Image.Image:
+    """Draw each panel and lay them out left to right under their titles (see `side_by_side`)."""
+    if not panels:
+        raise ValueError("render_panels needs at least one panel")
+    return side_by_side([p.draw() for p in panels], titles=[p.title for p in panels], gap=gap)

@@ -54,3 +54,20 @@ def toy_coco(tmp_path: Path) -> Path:
         json.dumps({"images": images, "annotations": captions})
     )
     return root
+
+
+@pytest.fixture
+def toy_pope(tmp_path: Path) -> Path:
+    """coco_pope_{random,popular,adversarial}.jsonl over the toy COCO images: 4 questions per split."""
+    folder = tmp_path / "pope"
+    folder.mkdir()
+    objects = {1: ("dog", "cat"), 2: ("toilet", "dog"), 3: ("cat", "toilet")}
+    for split in ("random", "popular", "adversarial"):
+        rows = []
+        for image_id, (present, absent) in objects.items():
+            for obj, label in ((present, "yes"), (absent, "no")):
+                if len(rows) < 4:
+                    rows.append({"question_id": len(rows) + 1, "image": f"COCO_val2014_{image_id:012d}.jpg",
+                                 "text": f"Is there a {obj} in the image?", "label": label})
+        (folder / f"coco_pope_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder

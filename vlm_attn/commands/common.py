@@ -65,8 +65,12 @@ def build_configs(args: argparse.Namespace, model: Any) -> list[Any]:
 def generate_text(model: Any, processor: Any, batch: Any, max_new_tokens: int) -> str:
     import torch
 
+    from ..api import HANDLE_ATTR
+
+    handle = getattr(model, HANDLE_ATTR, None)  # applied methods may need logits processors (PAI/PAINT guidance)
+    extra = {"logits_processor": handle.logits_processor(batch)} if handle is not None else {}
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, **extra)
     new = out[:, batch["input_ids"].shape[1] :]
     return processor.batch_decode(new, skip_special_tokens=True)[0].strip()
 

@@ -90,7 +90,7 @@ def steered_attention(
     """
     out, weights = base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     engine = getattr(module, ENGINE_ATTR, None)
-    if engine is None or engine.call is None or not engine.methods:
+    if engine is None or engine.call is None or not engine.methods or engine.paused:
         return out, weights
     batch, heads, q_len, dim = query.shape
     kv_len = key.shape[2]

@@ -7,8 +7,9 @@ decode with a forward pre-hook on the top model (SPEC §1.4), and restores every
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -41,10 +42,23 @@ class Engine:
         self.layers = adapter.decoder_layers()
         self.num_layers = len(self.layers)
         self.call: CallState | None = None
-        self.last_report: dict[str, Any] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._attn_modules: list[nn.Module] = []
         self._previous_impl: str | None = None
+        self.paused = False  # True while an unsteered side pass (PAI's image-free guidance) runs
+
+    @contextlib.contextmanager
+    def pause(self) -> Iterator[None]:
+        """Run forwards unsteered and unseen: attention is plain SDPA/eager and the per-call state is untouched.
+
+        PAI's guidance pass runs inside `generate`, between two steered steps; it must not be steered (SPEC §3)
+        and must not reset the main call's state (its own cache starts empty, which would look like a new call).
+        """
+        previous, self.paused = self.paused, True
+        try:
+            yield
+        finally:
+            self.paused = previous
 
     # ---------------------------------------------------------------- install / remove
     def install(self) -> None:
@@ -78,6 +92,8 @@ class Engine:
         self.adapter.set_text_attn_implementation(name)
 
     def remove(self) -> None:
+        for method in self.methods:
+            method.unbind()
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
@@ -92,6 +108,8 @@ class Engine:
 
     # ---------------------------------------------------------------- hooks
     def _top_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if self.paused:
+            return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         past = _cache_length(kwargs)
         if input_ids is None:
@@ -107,8 +125,6 @@ class Engine:
         else:
             new_mask = self.adapter.image_mask(input_ids, kwargs)
         if past == 0 or self.call is None:
-            if past == 0 and self.call is not None:
-                self.last_report = self.report()
             self.call = CallState(image_mask=new_mask)
             missing = ~new_mask.any(dim=1)
             if input_ids is not None and bool(missing.any()):
@@ -125,7 +141,7 @@ class Engine:
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             call = self.call
             hidden = args[0] if args else kwargs.get("hidden_states")
-            if call is None or hidden is None or hidden.shape[1] > call.seq_len:
+            if self.paused or call is None or hidden is None or hidden.shape[1] > call.seq_len:
                 return
             for method in self.methods:
                 if method.wants_layer_inputs:
@@ -142,7 +158,7 @@ class Engine:
     def report(self) -> dict[str, Any]:
         """What each method did during the most recent call (plain data)."""
         if self.call is None:
-            return dict(self.last_report)
+            return {}
         out: dict[str, Any] = {
             "batch_size": int(self.call.image_mask.shape[0]),
             "sequence_length": self.call.seq_len,

@@ -124,10 +124,14 @@ class LayerView:
         return self.parts["text_after_image"]
 
     def last_row(self) -> torch.Tensor:
-        """(B, Q) bool: the last query row of this forward (the row that predicts the next token)."""
-        rows = torch.zeros_like(self.query_image)
-        rows[:, -1] = True
-        return rows & (self.first_image < self.call.seq_len)[:, None]
+        """(B, Q) bool: the last query row of this forward (the row that predicts the next token).
+
+        Computed once per forward (the parts dict is shared by every layer's view)."""
+        if "last_row" not in self.parts:
+            rows = torch.zeros_like(self.query_image)
+            rows[:, -1] = True
+            self.parts["last_row"] = rows & (self.first_image < self.call.seq_len)[:, None]
+        return self.parts["last_row"]
 
 
 @dataclass
@@ -156,6 +160,9 @@ class AttentionMethod:
 
     def bind(self, model: "nn.Module", adapter: "FamilyAdapter", num_layers: int) -> None:
         """Resolve defaults that depend on the model (layer range, sink dims...)."""
+
+    def unbind(self) -> None:
+        """Undo what `bind` attached to the model (extra hooks); called by the engine on `remove`."""
 
     def observe_layer_input(self, call: CallState, layer_idx: int, hidden: torch.Tensor) -> None:
         """See the hidden state (B, Q, D) of this forward's Q new tokens entering decoder layer `layer_idx`."""

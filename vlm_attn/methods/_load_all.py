@@ -1,3 +1,4 @@
 """Imports every attention-method file so that each registers itself."""
 
 from . import var  # noqa: F401
+from . import pai, paint  # noqa: F401

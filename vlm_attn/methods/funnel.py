@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -76,6 +76,7 @@ class FunnelConfig:
     vqa_suffix: str = VQA_SUFFIX
     entropy_eps: float = ENTROPY_EPS
     fallback: Fallback = "error"
+    name: str = field(default="funnel", init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.anchor_layer is not None and (

@@ -1,7 +1,8 @@
 """PAI: attention amplification on image keys plus image-free logits guidance (ECCV 2024).
 
-This module holds the method's configuration and its pure tensor math; it knows no model family and
-no engine. SPEC section 3:
+This module holds the method's configuration, its pure tensor math and the few lines that plug the
+amplification into the engine (`PAIMethod`); it knows no model family. The guidance pass lives in
+:mod:`vlm_attn.methods.guidance`. SPEC section 3:
 
 * Amplification, before softmax, in layers 2..L-1, all heads, the current last query row:
   ``z[q, j] <- z[q, j] + alpha * |z[q, j]|`` for every image key ``j``.
@@ -23,8 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..engine.method import AttentionMethod, CallState, LayerView, RowSet
+from .registry import register_method
+
 __all__ = [
     "PAIConfig",
+    "PAIMethod",
     "amplify_logits",
     "guided_logits",
     "resolve_layers",
@@ -252,3 +257,48 @@ def guided_logits(logits_img: Tensor, logits_noimg: Tensor, gamma: float, cutoff
     out = gamma * (lp_img - lp_noimg) + lp_noimg
     bound = math.log(cutoff) + lp_img.max(dim=-1, keepdim=True).values
     return out.masked_fill(lp_img < bound, float("-inf"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine plug
+# --------------------------------------------------------------------------------------------------
+
+
+@register_method(PAIConfig)
+class PAIMethod(AttentionMethod):
+    """Amplifies image-key logits of the last query row in the steered layers, at prefill and every decode step.
+
+    The prefill forward's last row predicts the first generated token, so the method acts from token 1 on. With
+    ``alpha = 0`` no row is requested and the layer stays on the SDPA fast path (bitwise pass-through). The
+    guidance half of PAI is a logits processor (``Handle.logits_processor`` / ``vlm_attn.generate``).
+    """
+
+    def __init__(self, config: PAIConfig):
+        self.config = config
+        self.name = config.name
+        self.layers: frozenset[int] = frozenset()
+
+    def bind(self, model: Any, adapter: Any, num_layers: int) -> None:
+        self.layers = frozenset(self.config.resolve_layers(num_layers))
+        self.num_layers = num_layers
+
+    def rows(self, view: LayerView) -> Tensor | None:
+        if self.config.alpha == 0 or view.layer_idx not in self.layers:
+            return None
+        return view.last_row()
+
+    def edit_logits(self, view: LayerView, rows: RowSet, scores: Tensor) -> tuple[Tensor, Tensor]:
+        out = amplify_logits(scores, view.image_keys, self.config.alpha)
+        changed = rows.own[:, None, :].expand(scores.shape[0], scores.shape[1], rows.own.shape[1])
+        counts = view.call.report.setdefault(
+            self.name, torch.zeros(self.num_layers, dtype=torch.long, device=scores.device)
+        )
+        counts[view.layer_idx] += rows.own.sum()
+        return out, changed
+
+    def summary(self, call: CallState) -> dict[str, Any]:
+        counts = call.report.get(self.name)
+        if counts is None:
+            return {"active": False, "reason": "no image or alpha = 0"}
+        rows = {int(i): int(v) for i, v in enumerate(counts.tolist()) if i in self.layers}
+        return {"active": True, "alpha": self.config.alpha, "layers": sorted(self.layers), "rows_amplified": rows}

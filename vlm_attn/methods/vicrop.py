@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -80,6 +80,7 @@ class ViCropConfig:
     general_prompt: str = GENERAL_PROMPT
     vqa_suffix: str = VQA_SUFFIX
     eps: float = RELATIVE_EPS
+    name: str = field(default="vicrop", init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.layer is not None and (

@@ -8,7 +8,8 @@ tiny random model of the family for tests and demos. Everything a new family nee
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -18,6 +19,16 @@ _FAMILIES: dict[str, type["FamilyAdapter"]] = {}
 
 class UnsupportedModelError(ValueError):
     """The model is not a decoder-only VLM family that vlm-attn knows."""
+
+
+# Known model types that vlm-attn deliberately does not support, and why (read-only).
+KNOWN_UNSUPPORTED: Mapping[str, str] = MappingProxyType({
+    "mllama": (
+        "Llama 3.2 Vision (mllama) feeds the image through cross-attention layers whose keys are all vision patches; "
+        "its self-attention sequence holds a single <|image|> marker, not the image tokens. The methods here steer "
+        "self-attention between text and image tokens in one sequence, so they have nothing to act on"
+    ),
+})
 
 
 def register_family(cls: type["FamilyAdapter"]) -> type["FamilyAdapter"]:
@@ -39,6 +50,11 @@ def get_adapter(model: nn.Module) -> "FamilyAdapter":
     supported = supported_families()
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
+    if model_type in KNOWN_UNSUPPORTED:
+        raise UnsupportedModelError(
+            f"vlm-attn does not support model_type {model_type!r}: {KNOWN_UNSUPPORTED[model_type]}. "
+            f"Supported families: {', '.join(supported)}."
+        )
     if model_type not in _FAMILIES:
         raise UnsupportedModelError(
             f"vlm-attn does not support model_type {model_type!r} ({type(model).__name__}). "
@@ -51,6 +67,32 @@ def get_adapter(model: nn.Module) -> "FamilyAdapter":
             "so vlm-attn cannot find the image positions."
         )
     return adapter
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """Where one image's spatial token grid sits among a sample's image tokens (for attention maps).
+
+    `start` is the offset of the grid's first token among the sample's image tokens taken in order (the positions
+    the engine flags as image tokens); the grid's `gh * gw` tokens follow in row-major order.
+    """
+
+    start: int
+    shape: tuple[int, int]
+
+    @property
+    def cells(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+@dataclass
+class VisionScores:
+    """PAINT's scores of one image at one vision layer, in the language model's image-token order (merged where the
+    family merges patches): `cls` = CLS -> patch attention summed over heads (None for CLS-less encoders), `column` =
+    attention each token receives, mean over heads and query rows (SPEC §4)."""
+
+    cls: torch.Tensor | None
+    column: torch.Tensor
 
 
 @dataclass
@@ -116,6 +158,116 @@ class FamilyAdapter:
             if key in name and size == hidden:
                 return dims
         return None
+
+    # ------------------------------------------------------------ input-level methods (Visual Funnel, ViCrop)
+    # Published anchor layers by decoder depth (SPEC §5); other depths get about 60% of the depth.
+    published_anchor_layers: ClassVar[dict[int, int]] = {}
+    # Focal side S in pixels when it is not the vision encoder's input size (Qwen-VL: 224).
+    fixed_focal_side: ClassVar[int | None] = None
+    # Most images the family takes in one user turn; None when several work.
+    max_images_per_turn: ClassVar[int | None] = None
+
+    def anchor_layer(self, num_layers: int) -> int:
+        """0-based decoder layer whose last-row attention anchors the Visual Funnel / ViCrop maps."""
+        from ..methods.funnel import default_anchor_layer
+
+        return self.published_anchor_layers.get(num_layers, default_anchor_layer(num_layers))
+
+    def focal_side(self) -> int:
+        """Focal box side S in original-image pixels: the vision encoder's input size unless the family fixes it."""
+        if self.fixed_focal_side is not None:
+            return self.fixed_focal_side
+        size = getattr(getattr(self.config, "vision_config", None), "image_size", None)
+        if isinstance(size, (list, tuple)):
+            size = min(size)
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(
+                f"cannot tell the vision encoder's input size of {type(self.model).__name__}: pass focal_side "
+                "(FunnelConfig) or bbox_size (ViCropConfig) explicitly"
+            )
+        return size
+
+    def image_grid(self, inputs: Any, image_index: int = 0) -> ImageGrid:
+        """The token grid of image `image_index` of a sample, from the processor outputs `inputs`."""
+        raise UnsupportedModelError(
+            f"vlm-attn does not know the image-token grid of {self.model_types}: Visual Funnel and ViCrop need it "
+            "(add `image_grid` to the family adapter)"
+        )
+
+    # ------------------------------------------------------------ PAI guidance: the image-free prompt
+    def image_free_mask(self, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """(B, T) bool: the tokens PAI's image-free prompt drops. Default: the image tokens themselves (LLaVA)."""
+        return self.image_mask(input_ids, kwargs)
+
+    def pad_token_id(self) -> int:
+        """Token id used to left-pad the image-free prompt of a batch (masked out, so any valid id works)."""
+        for cfg in (self.config, self.text_config()):
+            value = getattr(cfg, "pad_token_id", None)
+            if isinstance(value, int):
+                return value
+        return 0
+
+    def drop_image(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **extra: Any
+    ) -> dict[str, torch.Tensor]:
+        """The same prompt without its image, for PAI's image-free guidance pass (SPEC §3).
+
+        Drops `image_free_mask` tokens (and padding) from each sample and left-pads the batch again, so every
+        sample's last prompt token stays in the last column. `extra` takes the other per-token processor outputs
+        (e.g. Qwen-VL's `mm_token_type_ids`); families that need them in a text-only forward add them back.
+        Returns `input_ids` and `attention_mask` (and family extras), ready for a forward without pixels.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+            )
+        keep = attention_mask.bool() & ~self.image_free_mask(input_ids, dict(extra, attention_mask=attention_mask))
+        lengths = keep.sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise ValueError("a prompt holds nothing but image tokens: the image-free guidance pass needs some text")
+        width = int(lengths.max())
+        ids = torch.full((input_ids.shape[0], width), self.pad_token_id(), dtype=input_ids.dtype,
+                         device=input_ids.device)
+        mask = torch.zeros_like(ids)
+        for b in range(input_ids.shape[0]):
+            n = int(lengths[b])
+            ids[b, width - n :] = input_ids[b][keep[b]]
+            mask[b, width - n :] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def text_position_ids(self, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Position ids of the last `new_tokens` tokens of a text-only sequence with this (left-padded) 2-D mask.
+
+        Passed explicitly in the guidance pass so that no model-level position state is read or written (Qwen-VL
+        keeps its M-RoPE `rope_deltas` on the model: computing positions there would clobber the main call's).
+        """
+        pos = attention_mask.long().cumsum(-1) - 1
+        pos = pos.masked_fill(attention_mask == 0, 1)
+        return pos[:, -new_tokens:]
+
+    # ------------------------------------------------------------ PAINT: the vision encoder's attention
+    def paint_capture(self, sink: Callable[[str, list["VisionScores"]], None]) -> list[Any]:
+        """Install hooks that report PAINT's per-image scores of the first and the feature vision layer.
+
+        `sink(kind, scores)` is called with kind "first" or "feature" and one `VisionScores` per image, in the order
+        the images appear in the batch, at each vision forward. Returns removables (objects with `.remove()`).
+        """
+        raise UnsupportedModelError(
+            f"PAINT does not know the vision encoder of {self.model_types}: add `paint_capture` to its family adapter"
+        )
+
+    def paint_image_positions(self, run: torch.Tensor, num_scores: int) -> torch.Tensor:
+        """LM positions of the `num_scores` scored tokens of one image, given its run of image positions.
+
+        Default: one LM image token per (merged) patch, in order, starting at the first image token (LLaVA, Qwen-VL).
+        """
+        if run.numel() < num_scores:
+            raise ValueError(f"an image has {run.numel()} LM image tokens but its vision scores cover {num_scores}")
+        return run[:num_scores]
 
     # ------------------------------------------------------------ tiny test models
     @classmethod

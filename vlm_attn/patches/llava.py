@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import FamilyAdapter, TinySpec, register_family
+from .base import FamilyAdapter, ImageGrid, TinySpec, register_family
 
 LLAVA_CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() }}: "
@@ -23,6 +23,24 @@ VICUNA_SINK_DIMS = {
 }
 
 
+def llava_paint_capture(adapter: FamilyAdapter, sink: Callable[[str, list[Any]], None], entries: Any) -> list[Any]:
+    """PAINT's vision hooks on a LLaVA-style CLIP tower (shared by LLaVA and LLaVA-NeXT)."""
+    from ._vision_capture import feature_layer_index, hook_clip_tower
+
+    tower = adapter.model.model.vision_tower
+    inner = getattr(tower, "vision_model", tower)  # CLIPVisionModel holds the encoder directly in transformers 5
+    layers = inner.encoder.layers
+    feature = feature_layer_index(adapter.config.vision_feature_layer, len(layers))
+    return hook_clip_tower(layers, 0, feature, True, sink, entries=entries)
+
+
+def llava_image_positions(config: Any, run: Any, num_scores: int) -> Any:
+    offset = 0 if getattr(config, "vision_feature_select_strategy", "default") == "default" else 1
+    if run.numel() < offset + num_scores:
+        raise ValueError(f"an image has {run.numel()} LM image tokens but its vision scores cover {num_scores}")
+    return run[offset : offset + num_scores]
+
+
 def llava_tokenizer(factory: Callable[..., Any]) -> Any:
     return factory(
         ["<pad>", "<s>", "</s>", "<image>"],
@@ -31,6 +49,19 @@ def llava_tokenizer(factory: Callable[..., Any]) -> Any:
         eos_token="</s>",
         pad_token="<pad>",
     )
+
+
+def llava_base_grid(config: Any, image_index: int, tokens_per_image: int | None = None) -> ImageGrid:
+    """The CLIP patch grid of one image: side = image_size // patch_size; a CLS token leads it with "full".
+
+    `tokens_per_image` is the image's whole token count when it differs from the grid (LLaVA-NeXT: only
+    `image_index` 0 can be located then, since later images' counts depend on their sizes).
+    """
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    cls = 1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else 0
+    per_image = side * side + cls if tokens_per_image is None else tokens_per_image
+    return ImageGrid(start=image_index * per_image + cls, shape=(side, side))
 
 
 def tiny_text_config(vocab_size: int, **extra: Any) -> dict[str, Any]:
@@ -62,6 +93,24 @@ def tiny_clip_config() -> dict[str, Any]:
 class LlavaAdapter(FamilyAdapter):
     model_types = ("llava",)
     known_sink_dims = VICUNA_SINK_DIMS
+    published_anchor_layers = {32: 14}  # LLaVA-1.5-7B (SPEC §5)
+
+    def paint_capture(self, sink: Callable[[str, list[Any]], None]) -> list[Any]:
+        """CLIP with CLS: first encoder layer and the layer whose output the projector reads (-2: layer L_v - 2)."""
+        return llava_paint_capture(self, sink, entries=None)
+
+    def paint_image_positions(self, run: Any, num_scores: int) -> Any:
+        """'default' feature selection drops CLS (one LM token per patch); 'full' keeps it as the first token."""
+        return llava_image_positions(self.config, run, num_scores)
+
+    def image_grid(self, inputs: Any, image_index: int = 0) -> ImageGrid:
+        """Each image is (image_size / patch_size)^2 tokens in raster order (plus a leading CLS with "full")."""
+        from ._grids import check_index, image_runs
+
+        first = llava_base_grid(self.config, 0)
+        per_image = first.start + first.cells
+        check_index(image_index, sum(r.length for r in image_runs(self, inputs)) // per_image, "llava")
+        return llava_base_grid(self.config, image_index)
 
     @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:

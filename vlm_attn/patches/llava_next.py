@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import FamilyAdapter, TinySpec, register_family
-from .llava import LLAVA_CHAT_TEMPLATE, VICUNA_SINK_DIMS, llava_tokenizer, tiny_clip_config, tiny_text_config
+from .base import FamilyAdapter, ImageGrid, TinySpec, register_family
+from .llava import (
+    LLAVA_CHAT_TEMPLATE,
+    VICUNA_SINK_DIMS,
+    llava_base_grid,
+    llava_tokenizer,
+    tiny_clip_config,
+    tiny_text_config,
+)
 
 TINY_PINPOINTS = [[48, 48], [48, 96], [96, 48], [96, 96]]
 
@@ -15,6 +22,62 @@ TINY_PINPOINTS = [[48, 48], [48, 96], [96, 48], [96, 96]]
 class LlavaNextAdapter(FamilyAdapter):
     model_types = ("llava_next",)
     known_sink_dims = VICUNA_SINK_DIMS
+    published_anchor_layers = {32: 14}  # the Vicuna-7B language model of LLaVA-1.5-7B
+
+    def paint_capture(self, sink: Callable[[str, list[Any]], None]) -> list[Any]:
+        """PAINT reads the base (whole-image) view of each anyres image (our choice, documented).
+
+        The tower encodes [base, tile_1, ..., tile_k] per image; only the base entries are scored, and their scores
+        map onto the base block, which the model puts first in each image's token run (`paint_image_positions`).
+        Tiles and newline tokens are not amplified. The per-image tile counts come from `image_sizes`, which only
+        `get_image_features` sees: it is wrapped on this model instance (removed again on `remove`).
+        """
+        import functools
+
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        from ._vision_capture import InstanceOverride
+        from .llava import llava_paint_capture
+
+        inner = self.model.model
+        original = inner.get_image_features
+        state: dict[str, Any] = {}
+        config = self.config
+
+        @functools.wraps(original)  # generate reads the signature to pick the encoder's kwargs
+        def get_image_features(*args: Any, **kwargs: Any) -> Any:
+            sizes = kwargs.get("image_sizes", args[1] if len(args) > 1 else None)
+            if sizes is not None:
+                counts = [
+                    image_size_to_num_patches(image_size=s, grid_pinpoints=config.image_grid_pinpoints,
+                                              patch_size=config.vision_config.image_size)
+                    for s in sizes
+                ]
+                state["bases"] = [sum(counts[:i]) for i in range(len(counts))]
+            try:
+                return original(*args, **kwargs)
+            finally:
+                state.pop("bases", None)
+
+        def entries(n: int) -> list[int] | None:
+            return state.get("bases")
+
+        inner.get_image_features = get_image_features
+        return [InstanceOverride(inner, "get_image_features"), *llava_paint_capture(self, sink, entries)]
+
+    def paint_image_positions(self, run: Any, num_scores: int) -> Any:
+        from .llava import llava_image_positions
+
+        return llava_image_positions(self.config, run, num_scores)
+
+    def image_grid(self, inputs: Any, image_index: int = 0) -> ImageGrid:
+        """The base (whole-image) grid, which leads each image's tokens before the anyres tiles and newlines.
+
+        Later images start after a size-dependent number of tile tokens, so only the first image is located.
+        """
+        if image_index != 0:
+            raise ValueError("llava_next: only the first image's grid can be located (tile counts vary per image)")
+        return llava_base_grid(self.config, 0, tokens_per_image=0)
 
     @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:

@@ -14,6 +14,18 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
     known_sink_dims = {}
     model_class_name = "Qwen2_5_VLForConditionalGeneration"
     config_class_name = "Qwen2_5_VLConfig"
+    published_anchor_layers = {36: 22}  # Qwen2.5-VL-3B (SPEC §5)
+
+    def _merged_order(self, grid_thw: Any) -> Any:
+        """The ViT permutes merged groups into attention windows and un-permutes them after the merger."""
+        import torch
+        from transformers.vision_utils import get_vision_window_index
+
+        vc = self.config.vision_config
+        window_index, _ = get_vision_window_index(
+            grid_thw, spatial_merge_size=vc.spatial_merge_size, window_size=vc.window_size, patch_size=vc.patch_size
+        )
+        return torch.argsort(window_index)
 
     @classmethod
     def tiny_vision(cls, out_hidden: int) -> dict[str, Any]:

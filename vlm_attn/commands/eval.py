@@ -1,0 +1,168 @@
+"""`vlm-attn eval chair|pope`: run a benchmark with or without methods into a resumable run directory.
+
+    vlm-attn eval chair --model llava-hf/llava-1.5-7b-hf --method var --coco-root ~/coco --out runs/chair-var
+    vlm-attn eval pope --model llava-hf/llava-1.5-7b-hf --pope-dir pope/ --coco-root ~/coco --out runs/pope-base
+    accelerate launch --num_processes 4 -m vlm_attn.cli eval pope ...     # one slice per process, merged at the end
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import add_model_args, build_configs, write
+from .input_methods import add_input_method_args, build_input_config, split_methods
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", action="append", default=None,
+                   help="method to apply (repeatable: attention methods compose in one apply; at most one of the "
+                        "input-level methods funnel / vicrop); omit for the baseline")
+    p.add_argument("--method-config", default=None,
+                   help='JSON file of per-method settings, e.g. {"var": {"p": 0.6, "rho": 0.5}}')
+    p.add_argument("--sink-dims", default=None,
+                   help="VAR sink dims as '1415,2533' or a JSON from calibrate-sinks (default: known table)")
+    p.add_argument("--p", type=float, default=None, help="VAR: fraction of sink attention moved (paper 0.6)")
+    p.add_argument("--rho", type=float, default=None, help="VAR: min visual non-sink share (paper 0.5)")
+    p.add_argument("--tau", type=float, default=None, help="VAR: sink threshold on |x_d|/RMS(x) (paper 20)")
+    add_input_method_args(p, vqa=False)  # the task's prompt already carries its answer instruction
+
+
+def _add_run_args(p: argparse.ArgumentParser, default_tokens: int, token_note: str) -> None:
+    add_model_args(p)
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model; recorded")
+    _add_method_args(p)
+    p.add_argument("--out", required=True,
+                   help="run directory (e.g. runs/NAME): samples.rank*.jsonl, samples.jsonl, run.json, metrics.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: finished samples are kept and skipped (same settings needed)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per generate call, left-padded (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"generation length (default {default_tokens}{token_note})")
+    p.add_argument("--limit", type=int, default=None,
+                   help="run only the first N samples (CHAIR: images of the list; POPE: questions of each split)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image sample and of torch (default 0)")
+    p.add_argument("--prompt", default=None, help="override the task's prompt (recorded in metrics.json)")
+    p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..eval import tasks
+    from ..eval.runner import RunDir, RunDirError, distributed_context
+    from ..loading import load_model
+
+    if args.batch_size < 1:
+        raise SystemExit("error: --batch-size must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit("error: --limit must be >= 1")
+    splits = None
+    if args.task == "pope":
+        if args.pope_dir is None and not args.pope_file and args.pope_hf is None:
+            args.pope_hf = tasks.pope_lib.HF_DATASET
+        if (args.pope_dir is not None or args.pope_file) and args.coco_root is None:
+            raise SystemExit("error: POPE question files name COCO val2014 images: pass --coco-root (the folder "
+                             "holding val2014/)")
+        try:
+            splits = tasks.load_pope_splits(args.pope_dir, args.pope_file or (), args.pope_hf, args.splits)
+        except (KeyError, ValueError) as exc:
+            raise SystemExit(f"error: bad POPE question file: {exc}") from None
+    if not args.resume:
+        try:  # fail before the slow model load; run_samples checks again, with the settings, on every process
+            RunDir(args.out).check({}, resume=False)
+        except RunDirError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    dist = distributed_context()
+    model, processor = load_model(
+        args.model, device=args.device or dist.device, dtype=args.dtype,
+        **({"revision": args.revision} if args.revision else {}),
+    )
+    input_name, attention_names = split_methods(args.method)
+    configs = build_configs(argparse.Namespace(**{**vars(args), "method": attention_names}), model)
+    if input_name is not None:
+        overrides = json.loads(Path(args.method_config).read_text()) if args.method_config else {}
+        configs.append(build_input_config(input_name, args, overrides))
+    options = tasks.RunOptions(
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
+        resume=args.resume, progress=not args.no_progress, revision=args.revision, command=sys.argv,
+        arguments={k: v for k, v in vars(args).items() if k != "func"},
+    )
+    try:
+        if args.task == "chair":
+            record = tasks.run_chair(
+                model, processor, args.model, args.coco_root, args.out, configs, options,
+                image_list=args.image_list, num_images=args.num_images, lemmatizer=args.lemmatizer,
+                prompt=args.prompt, dist=dist,
+            )
+        else:
+            record = tasks.run_pope(
+                model, processor, args.model, splits, args.out, configs, options, coco_root=args.coco_root,
+                parse_mode=args.parse, prompt=args.prompt, dist=dist,
+            )
+    except (RunDirError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if record is not None:
+        _summary(record, args.out)
+    return 0
+
+
+def _summary(record: dict[str, Any], out: str) -> None:
+    from ..eval.report import RunRecord, markdown_table
+
+    run = RunRecord(run=Path(out).name, **record)
+    write(markdown_table([run]).rstrip())
+    errors = record["metrics"].get("n_errors", 0)
+    write(f"{record['metrics'].get('n_scored')} samples scored, {errors} errors -> {Path(out) / 'metrics.json'}")
+
+
+def register(sub: Any) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="run CHAIR or POPE into a resumable run directory and write metrics.json",
+        description="Greedy, batched (left-padded) generation over a benchmark. Every finished sample is appended "
+                    "to the run directory at once, so a killed run continues with --resume without losing or "
+                    "repeating a sample; under `accelerate launch` each process runs a slice and the main "
+                    "process merges and scores. Unreadable images are recorded as errors and skipped. "
+                    "metrics.json records model, revision, method configs, dataset hashes, image list, seed, "
+                    "package versions and times; compare runs with `vlm-attn report`.",
+    )
+    tasks_sub = ev.add_subparsers(dest="task", required=True, metavar="{chair,pope}")
+
+    chair = tasks_sub.add_parser(
+        "chair", help="CHAIR object hallucination on COCO val2014 captions",
+        description='Describe a fixed sample of COCO val2014 images ("Please describe this image in detail.") '
+                    "and score CHAIR_S, CHAIR_I, Recall, Precision, F1 and Len.",
+    )
+    _add_run_args(chair, 512, "; 64 is the short variant")
+    chair.add_argument("--coco-root", required=True,
+                       help="folder holding val2014/ and annotations/{instances,captions}_val2014.json")
+    chair.add_argument("--num-images", type=int, default=500,
+                       help="images sampled from val2014 with --seed (default 500); ignored with --image-list")
+    chair.add_argument("--image-list", default=None,
+                       help="use this image list instead (JSON list or {image_ids: [...]}, or one id/file per line)")
+    chair.add_argument("--lemmatizer", choices=["auto", "nltk", "offline"], default="auto",
+                       help="nltk reference path (needs its data), offline, or auto (nltk when available)")
+    chair.set_defaults(func=cmd_eval)
+
+    pope = tasks_sub.add_parser(
+        "pope", help="POPE yes/no object probing (random, popular, adversarial)",
+        description="Ask each POPE question with LLaVA's short-answer instruction and report accuracy, precision, "
+                    "recall, F1 and yes-ratio per split and averaged. Questions come from --pope-dir, "
+                    "--pope-file or the lmms-lab/POPE dataset (--pope-hf, the default when no files are given).",
+    )
+    _add_run_args(pope, 128, "")
+    pope.add_argument("--coco-root", default=None, help="folder holding val2014/ (needed with question files)")
+    pope.add_argument("--pope-dir", default=None, help="folder with coco_pope_{random,popular,adversarial}.jsonl")
+    pope.add_argument("--pope-file", action="append", default=None,
+                      help="one POPE question file (repeatable; the split is read from the name)")
+    pope.add_argument("--pope-hf", nargs="?", const="lmms-lab/POPE", default=None,
+                      help="load questions and images from this HF dataset (default lmms-lab/POPE; needs network "
+                           "or a warm cache)")
+    pope.add_argument("--splits", type=lambda s: [x for x in s.split(",") if x],
+                      default=list(("random", "popular", "adversarial")),
+                      help="comma-separated splits to run (default random,popular,adversarial)")
+    pope.add_argument("--parse", choices=["official", "lmms-eval"], default="official",
+                      help="answer parsing: POPE's official rule (default) or lmms-eval's exact match")
+    pope.set_defaults(func=cmd_eval)

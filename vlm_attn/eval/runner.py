@@ -1,0 +1,421 @@
+"""Crash-safe, resumable, shardable batched generation for the evaluation tasks.
+
+A run lives in one directory::
+
+    run_dir/run.json               settings the run was started with (checked again on --resume)
+    run_dir/samples.rank{i}.jsonl  one JSON line per finished sample of process i, appended and fsynced as it ends
+    run_dir/samples.jsonl          all samples merged in sample order (written by the main process at the end)
+
+Why this shape:
+- every finished sample is on disk (flush + fsync) before the next batch starts, so killing a run loses at most
+  the batch in flight; on ``resume`` the shard files are read back, a truncated last line (a kill during the write)
+  is dropped, and finished ids are skipped, so no sample is lost or written twice;
+- each process of an ``accelerate launch`` / ``torchrun`` job takes the slice ``samples[rank::world]``
+  (``shard_samples``, a pure function) and appends only to its own shard file, so processes never share a file;
+  after a barrier the main process merges the shards (de-duplicated by sample id) and scores;
+- a sample whose image cannot be read is recorded as ``{"id", "error", ...}`` and the rest of its batch goes on.
+
+The model is driven only through the public API: ``vlm_attn.apply`` for the methods and
+``vlm_attn.prompting.build_inputs`` for left-padded batches; decoding is greedy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+MERGED_FILE = "samples.jsonl"
+SHARD_PATTERN = "samples.rank{rank}.jsonl"
+# Settings that must match when a run is resumed (batch size and progress may change freely).
+RESUME_KEYS: tuple[str, ...] = ("task", "model", "methods", "max_new_tokens", "prompt", "samples_sha256")
+
+ImageSource = str | os.PathLike | Callable[[], Any]
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (not empty without --resume, or resumed with other settings)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generation request.
+
+    Attributes:
+        id: unique, stable id (e.g. ``"42"`` for a CHAIR image, ``"random/17"`` for a POPE question); resuming and
+            merging key on it.
+        prompt: the user text (the chat template and image slot are added by ``build_inputs``).
+        image: a path, or a zero-argument callable returning a PIL image (e.g. a dataset row decoded on demand).
+        meta: JSON-ready fields copied into the sample's record (image id, split, label, ...).
+    """
+
+    id: str
+    prompt: str
+    image: ImageSource = field(compare=False)
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Which process this is: ``rank`` of ``world``; ``barrier`` waits for every process (no-op when alone)."""
+
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
+    device: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_context() -> DistContext:
+    """The process layout of an ``accelerate launch`` / ``torchrun`` job (``WORLD_SIZE`` > 1), else one process.
+
+    accelerate's ``PartialState`` sets up the process group (gloo on CPU, NCCL on GPUs) and gives the barrier and
+    this process's device.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes != world:
+        raise RuntimeError(
+            f"WORLD_SIZE is {world} but accelerate sees {state.num_processes} processes; launch with "
+            "`accelerate launch --num_processes N ...` or `torchrun --nproc_per_node N ...`"
+        )
+    return DistContext(
+        rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone,
+        device=str(state.device),
+    )
+
+
+def shard_samples(samples: Sequence[Sample], rank: int, world: int) -> list[Sample]:
+    """The slice ``samples[rank::world]`` that process ``rank`` of ``world`` generates."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank must lie in [0, {world}), got rank={rank} world={world}")
+    return list(samples[rank::world])
+
+
+def samples_sha256(samples: Iterable[Sample]) -> str:
+    """Hash of the ordered sample ids and prompts: identifies the work list of a run."""
+    digest = hashlib.sha256()
+    for s in samples:
+        digest.update(json.dumps([s.id, s.prompt]).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def read_records(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
+    """The JSON lines of a shard file; a missing file is empty.
+
+    An unterminated or unparsable *last* line is what a kill during a write leaves: it is dropped (and, with
+    ``repair``, cut from the file so that later appends start on a clean line). A bad line anywhere else means
+    the file was damaged by something else, and raises ValueError.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    complete_end = raw.rfind(b"\n") + 1
+    lines = raw[:complete_end].split(b"\n")[:-1] if complete_end else []
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and complete_end == len(raw):
+                logger.warning("%s: dropping an unreadable last line (interrupted write)", path)
+                complete_end -= len(line) + 1
+                break
+            raise ValueError(f"{path}:{number}: not a JSON line ({exc}); remove the damaged line to resume") from exc
+    if complete_end < len(raw):
+        logger.warning("%s: dropping %d bytes of an interrupted last line", path, len(raw) - complete_end)
+        if repair:
+            os.truncate(path, complete_end)
+    return records
+
+
+class JsonlWriter:
+    """Appends one JSON object per line and makes it durable (flush + fsync) before returning."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RunDir:
+    """Files of one run directory (see the module docstring)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def merged_file(self) -> Path:
+        return self.path / MERGED_FILE
+
+    def shard_file(self, rank: int) -> Path:
+        return self.path / SHARD_PATTERN.format(rank=rank)
+
+    def shard_files(self) -> list[Path]:
+        """Every shard file present, whatever world size wrote it, in rank order."""
+        found = self.path.glob(SHARD_PATTERN.format(rank="*"))
+        return sorted(found, key=lambda p: int(p.name.split(".rank")[1].split(".")[0]))
+
+    def check(self, settings: Mapping[str, Any], resume: bool) -> None:
+        """Refuse a non-empty directory without ``resume``, and a resume whose settings differ from the run's."""
+        existing = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+        if not resume:
+            if existing:
+                shown = ", ".join(existing[:4]) + (", ..." if len(existing) > 4 else "")
+                raise RunDirError(
+                    f"run directory {self.path} is not empty ({shown}); pass --resume to continue that run, "
+                    "or choose a new --out"
+                )
+            return
+        if not self.run_file.exists():
+            if existing:
+                raise RunDirError(f"cannot resume {self.path}: it holds files but no {RUN_FILE}; choose a new --out")
+            return
+        started = json.loads(self.run_file.read_text(encoding="utf-8"))
+        changed = [k for k in RESUME_KEYS if k in settings and started.get(k) != settings[k]]
+        if changed:
+            details = "; ".join(f"{k}: run has {started.get(k)!r}, now {settings[k]!r}" for k in changed)
+            raise RunDirError(
+                f"cannot resume {self.path} with different settings ({details}); use the original flags or a new --out"
+            )
+
+    def prepare(self, settings: Mapping[str, Any], extra_files: Mapping[str, Any] | None = None) -> None:
+        """Create the directory and write ``run.json`` (kept from the first start) and extra JSON files."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.run_file.exists():
+            _write_json_atomic(self.run_file, dict(settings))
+        for name, content in (extra_files or {}).items():
+            if not (self.path / name).exists():
+                _write_json_atomic(self.path / name, content)
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """Sample id -> record over every shard file (first record wins; an interrupted last line is ignored)."""
+        records: dict[str, dict[str, Any]] = {}
+        for path in self.shard_files():
+            for record in read_records(path):
+                records.setdefault(str(record["id"]), record)
+        return records
+
+    def merge(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+        """All records in sample order, written to ``samples.jsonl``; raises if a sample has no record."""
+        finished = self.finished()
+        missing = [s.id for s in samples if s.id not in finished]
+        if missing:
+            raise RuntimeError(
+                f"{len(missing)} samples have no record in {self.path} (e.g. {missing[:5]}); rerun with --resume"
+            )
+        merged = [finished[s.id] for s in samples]
+        tmp = self.merged_file.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
+        os.replace(tmp, self.merged_file)
+        return merged
+
+
+def _write_json_atomic(path: Path, content: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _batches(items: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _load(sample: Sample) -> Any:
+    from ..prompting import load_image
+
+    image = sample.image() if callable(sample.image) else sample.image
+    return load_image(image)
+
+
+def generate_batch(model: Any, processor: Any, images: Sequence[Any], prompts: Sequence[str], max_new_tokens: int
+                   ) -> list[str]:
+    """Greedy continuations of one left-padded batch (one image per prompt), special tokens removed."""
+    import torch
+
+    from ..prompting import build_inputs
+
+    batch = build_inputs(processor, list(images), list(prompts))
+    batch = batch.to(model.device, dtype=model.dtype)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    new_tokens = out[:, batch["input_ids"].shape[1] :]
+    return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def generate_with_input_method(
+    model: Any, processor: Any, image: Any, prompt: str, config: Any, max_new_tokens: int
+) -> dict[str, Any]:
+    """One sample through an input-level method (Visual Funnel, ViCrop): the answer and what the method decided."""
+    from ..generation import generate
+
+    result = generate(model, processor, image, prompt, methods=[config], max_new_tokens=max_new_tokens)
+    decision = {k: v for k, v in result.to_dict().items() if k not in ("text", "attention", "maps")}
+    return {"output": result.text, "decision": decision}
+
+
+def generate_shard(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    run_dir: RunDir,
+    dist: DistContext,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: bool = True,
+    input_config: Any = None,
+) -> int:
+    """Generate this process's slice minus the samples already finished; returns how many were written.
+
+    Images are loaded one by one so that an unreadable image becomes an error record and its batch goes on. With an
+    input-level method (`input_config`), samples run one at a time: each gets its own crops.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    shard_path = run_dir.shard_file(dist.rank)
+    read_records(shard_path, repair=True)
+    done = set(run_dir.finished())
+    mine = shard_samples(samples, dist.rank, dist.world)
+    todo = [s for s in mine if s.id not in done]
+    if len(todo) < len(mine):
+        logger.info("rank %d: %d of %d samples already finished", dist.rank, len(mine) - len(todo), len(mine))
+    written = 0
+    desc = "generating" if dist.world == 1 else f"generating (rank {dist.rank})"
+    with JsonlWriter(shard_path) as writer, tqdm(
+        total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="sample", disable=not progress,
+        position=dist.rank, dynamic_ncols=True,
+    ) as bar:
+        for batch in _batches(todo, batch_size):
+            ready: list[tuple[Sample, Any]] = []
+            for sample in batch:
+                try:
+                    ready.append((sample, _load(sample)))
+                except (OSError, ValueError) as exc:
+                    logger.warning("sample %s: %s", sample.id, exc)
+                    writer.write({"id": sample.id, **sample.meta, "error": f"{type(exc).__name__}: {exc}"})
+                    written += 1
+                    bar.update(1)
+            for sample, result in _generate_isolating(model, processor, ready, max_new_tokens, input_config):
+                writer.write({"id": sample.id, **sample.meta, **result})
+                written += 1
+                bar.update(1)
+    return written
+
+
+def _generate_isolating(
+    model: Any, processor: Any, ready: Sequence[tuple[Sample, Any]], max_new_tokens: int, input_config: Any = None
+) -> list[tuple[Sample, dict[str, Any]]]:
+    """``{"output": text}`` per sample of a batch; when the processor rejects the batch (ValueError, e.g. an image
+    too small for it), the samples are retried one by one so only the offending one becomes ``{"error": ...}``."""
+    if not ready:
+        return []
+    if input_config is not None:
+        out = []
+        for sample, image in ready:
+            try:
+                out.append((sample, generate_with_input_method(model, processor, image, sample.prompt, input_config,
+                                                               max_new_tokens)))
+            except ValueError as exc:
+                logger.warning("sample %s: %s", sample.id, exc)
+                out.append((sample, {"error": f"{type(exc).__name__}: {exc}"}))
+        return out
+    try:
+        texts = generate_batch(model, processor, [im for _, im in ready], [s.prompt for s, _ in ready],
+                               max_new_tokens)
+        return [(sample, {"output": text}) for (sample, _), text in zip(ready, texts)]
+    except ValueError as exc:
+        if len(ready) == 1:
+            logger.warning("sample %s: %s", ready[0][0].id, exc)
+            return [(ready[0][0], {"error": f"{type(exc).__name__}: {exc}"})]
+        logger.warning("a batch of %d failed (%s); retrying its samples one by one", len(ready), exc)
+        return [pair for item in ready for pair in _generate_isolating(model, processor, [item], max_new_tokens)]
+
+
+def run_samples(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    run_dir: str | Path,
+    settings: Mapping[str, Any],
+    configs: Sequence[Any] = (),
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    dist: DistContext | None = None,
+    extra_files: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]] | None:
+    """Generate every sample into ``run_dir`` (resumable, sharded) and return the merged records.
+
+    ``settings`` is written to ``run.json`` (with ``samples_sha256`` and ``max_new_tokens`` added) and compared on
+    ``resume``; ``extra_files`` (name -> JSON content, e.g. the image list) are written beside it. ``configs`` are
+    method configs: attention methods are applied with ``vlm_attn.apply`` for the generation, and at most one
+    input-level method (FunnelConfig / ViCropConfig) decides each sample's images through ``vlm_attn.generate``. Returns the records on the main process and
+    None on the others (which only generate their slice).
+    """
+    import torch
+
+    from ..api import apply
+    from ..generation import split_methods
+
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise ValueError("sample ids must be unique")
+    dist = dist or DistContext()
+    rd = RunDir(run_dir)
+    full_settings = {**settings, "max_new_tokens": max_new_tokens, "samples_sha256": samples_sha256(samples)}
+    full_settings = json.loads(json.dumps(full_settings, default=str))  # as stored, so a resume compares equal
+    rd.check(full_settings, resume)
+    dist.barrier()  # every process has checked the directory before anyone writes to it
+    if dist.is_main:
+        rd.prepare(full_settings, extra_files)
+    dist.barrier()
+    torch.manual_seed(seed)
+    input_config, attention_configs = split_methods(configs)
+    if attention_configs:
+        with apply(model, attention_configs):
+            generate_shard(model, processor, samples, rd, dist, batch_size, max_new_tokens, progress, input_config)
+    else:
+        generate_shard(model, processor, samples, rd, dist, batch_size, max_new_tokens, progress, input_config)
+    dist.barrier()
+    return rd.merge(samples) if dist.is_main else None

@@ -1,0 +1,433 @@
+"""The evaluation tasks as data (prompt, generation length, scorer) and the functions that run them end to end.
+
+``run_chair`` and ``run_pope`` build the samples of a benchmark, generate them with ``runner.run_samples``
+(resumable, sharded across ``accelerate launch`` processes), score the merged records with ``chair`` / ``pope``
+and write ``metrics.json`` (schema in ``report``) with the provenance needed to reproduce the number: model id and
+revision, method configs, dataset file hashes, the image list, seed, package versions, times and command line.
+
+Prompts follow the papers' protocols (SPEC §7): CHAIR asks "Please describe this image in detail." with greedy
+decoding and 512 new tokens (64 as the short variant); POPE appends LLaVA's short-answer instruction
+("Answer the question using a single word or phrase.", as in LLaVA's eval_pope / lmms-eval) to each question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import pope as pope_lib
+from .chair import CHAIR
+from .coco import (
+    DEFAULT_CHAIR_IMAGES,
+    CocoVal2014,
+    coco_val2014,
+    image_ids as coco_image_ids,
+    load_image_list,
+    sample_image_ids,
+)
+from .report import metrics_record, write_metrics
+from .runner import RUN_FILE, DistContext, Sample, run_samples
+
+logger = logging.getLogger(__name__)
+
+IMAGE_LIST_FILE = "image_list.json"
+CHAIR_DETAILS_FILE = "chair_details.json"
+VERSION_PACKAGES: tuple[str, ...] = ("vlm-attn", "torch", "transformers", "accelerate", "nltk", "datasets", "pillow")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark's generation protocol.
+
+    Attributes:
+        name: "chair" or "pope" (the ``task`` of metrics.json).
+        prompt: the user text; for POPE a template with ``{question}``.
+        max_new_tokens: the papers' default generation length.
+        short_max_new_tokens: the short variant some papers also report (CHAIR 64), else None.
+        scorer: what scores the outputs (for the record).
+    """
+
+    name: str
+    prompt: str
+    max_new_tokens: int
+    scorer: str
+    short_max_new_tokens: int | None = None
+
+
+CHAIR_TASK = Task(
+    name="chair", prompt="Please describe this image in detail.", max_new_tokens=512, short_max_new_tokens=64,
+    scorer="vlm_attn.eval.chair.CHAIR (OPERA/PAI variant)",
+)
+POPE_TASK = Task(
+    name="pope", prompt="{question}\nAnswer the question using a single word or phrase.", max_new_tokens=128,
+    scorer="vlm_attn.eval.pope.evaluate_pope",
+)
+TASKS: dict[str, Task] = {t.name: t for t in (CHAIR_TASK, POPE_TASK)}
+
+
+# ----------------------------------------------------------------------------------------------- samples
+
+def chair_samples(coco: CocoVal2014, image_ids: Sequence[int], prompt: str = CHAIR_TASK.prompt) -> list[Sample]:
+    """One captioning sample per COCO val2014 image (id = the image id as text)."""
+    return [
+        Sample(id=str(int(i)), prompt=prompt, image=coco.image_path(int(i), check=False), meta={"image_id": int(i)})
+        for i in image_ids
+    ]
+
+
+def pope_samples(
+    splits: Mapping[str, pope_lib.PopeSplit],
+    coco: CocoVal2014 | None = None,
+    template: str = POPE_TASK.prompt,
+    limit: int | None = None,
+) -> list[Sample]:
+    """One sample per POPE question (id ``"<split>/<question_id>"``), the first ``limit`` of each split.
+
+    Images come from the split's own loader (HF dataset) or from ``coco``'s val2014 folder (JSONL files).
+    """
+    samples = []
+    for name, split in splits.items():
+        questions = split.questions[:limit] if limit is not None else split.questions
+        for index, q in enumerate(questions):
+            if split.image_loader is not None:
+                image: Any = _RowImage(split.image_loader, index)
+            elif coco is not None:
+                image = coco.image_dir / q.image
+            else:
+                raise ValueError(f"POPE split {name!r} names COCO files ({q.image}); pass --coco-root")
+            samples.append(Sample(
+                id=f"{name}/{q.question_id}", prompt=template.format(question=q.text), image=image,
+                meta={"split": name, "question_id": q.question_id, "image": q.image, "label": q.label,
+                      "question": q.text},
+            ))
+    return samples
+
+
+@dataclass(frozen=True)
+class _RowImage:
+    """Zero-argument callable decoding one dataset row's image on demand."""
+
+    loader: Any
+    index: int
+
+    def __call__(self) -> Any:
+        return self.loader(self.index)
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+def split_errors(records: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """(records with an output, records with an error)."""
+    ok = [r for r in records if "error" not in r]
+    return ok, [r for r in records if "error" in r]
+
+
+def _require_outputs(ok: Sequence[Any], errors: Sequence[Mapping[str, Any]]) -> None:
+    if not ok:
+        first = errors[0]["error"] if errors else "no samples"
+        raise RuntimeError(f"no sample produced an output ({len(errors)} errors, e.g. {first}); see samples.jsonl")
+
+
+def score_chair(records: Sequence[Mapping[str, Any]], evaluator: CHAIR) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, per-caption details) over the records that have an output; errors are counted, not scored."""
+    ok, errors = split_errors(records)
+    _require_outputs(ok, errors)
+    result = evaluator.evaluate(ok, caption_key="output")
+    metrics = {**result.metrics, "n_scored": len(ok), "n_errors": len(errors)}
+    return metrics, result.to_dict()
+
+
+def score_pope(
+    records: Sequence[Mapping[str, Any]], splits: Mapping[str, pope_lib.PopeSplit], mode: str = "official"
+) -> dict[str, Any]:
+    """POPE metrics per split (over the questions that were answered) and averaged; errors are counted."""
+    ok, errors = split_errors(records)
+    _require_outputs(ok, errors)
+    answers: dict[str, dict[Any, str]] = {}
+    for r in ok:
+        answers.setdefault(r["split"], {})[r["question_id"]] = r["output"]
+    answered = {
+        name: dataclasses.replace(
+            split, questions=tuple(q for q in split.questions if q.question_id in answers.get(name, {}))
+        )
+        for name, split in splits.items() if answers.get(name)
+    }
+    metrics: dict[str, Any] = pope_lib.evaluate_pope(answered, answers, mode)
+    return {**metrics, "n_scored": len(ok), "n_errors": len(errors)}
+
+
+# ----------------------------------------------------------------------------------------------- provenance
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions(packages: Sequence[str] = VERSION_PACKAGES) -> dict[str, str | None]:
+    """Installed version of each package (None when absent)."""
+    versions: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def method_name(configs: Sequence[Any]) -> str:
+    """"baseline" without methods, else the configs' names joined by "+" (e.g. "var")."""
+    return "+".join(str(getattr(c, "name", type(c).__name__)) for c in configs) or "baseline"
+
+
+def method_records(configs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each config as ``{"name", "class", "config"}`` (dataclass fields)."""
+    return [
+        {"name": getattr(c, "name", None), "class": type(c).__name__,
+         "config": dataclasses.asdict(c) if dataclasses.is_dataclass(c) else repr(c)}
+        for c in configs
+    ]
+
+
+def model_record(model: Any, model_id: str, revision: str | None = None) -> dict[str, Any]:
+    """Model id, the revision asked for, the commit hash transformers resolved (when it knows it), class, dtype."""
+    config = getattr(model, "config", None)
+    return {
+        "id": model_id,
+        "name_or_path": getattr(config, "_name_or_path", None),
+        "revision": revision,
+        "commit_hash": getattr(config, "_commit_hash", None),
+        "class": type(model).__name__,
+        "dtype": str(getattr(model, "dtype", None)),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_ready(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Generation and bookkeeping options shared by the tasks.
+
+    ``max_new_tokens`` None means the task's default; ``command`` (default ``sys.argv``) and ``arguments`` (the
+    parsed CLI flags) are recorded as given.
+    """
+
+    batch_size: int = 8
+    max_new_tokens: int | None = None
+    seed: int = 0
+    limit: int | None = None
+    resume: bool = False
+    progress: bool = True
+    revision: str | None = None
+    command: Sequence[str] | None = None
+    arguments: Mapping[str, Any] | None = None
+
+
+def _finish(
+    task: Task, out: Path, model: Any, model_id: str, configs: Sequence[Any], options: RunOptions,
+    max_new_tokens: int, metrics: Mapping[str, Any], provenance: Mapping[str, Any], records: Sequence[Mapping],
+    dist: DistContext,
+) -> dict[str, Any]:
+    run_info = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    errors = [{"id": r["id"], "error": r["error"]} for r in records if "error" in r]
+    full = {
+        "model": model_record(model, model_id, options.revision),
+        "methods": method_records(configs),
+        "task": dataclasses.asdict(task),
+        **provenance,
+        "seed": options.seed,
+        "generation": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
+                       "padding_side": "left"},
+        "n_samples": len(records),
+        "errors": errors,
+        "world_size": dist.world,
+        "versions": package_versions(),
+        "started": run_info.get("started"),
+        "finished": _now(),
+        "command": list(options.command) if options.command is not None else list(sys.argv),
+        "arguments": dict(options.arguments or {}),
+    }
+    record = metrics_record(task.name, method_name(configs), model_id, _json_ready(metrics), _json_ready(full))
+    write_metrics(out, record)
+    logger.info("wrote %s", out / "metrics.json")
+    return record
+
+
+def _settings(task: Task, model_id: str, configs: Sequence[Any], prompt: str, extra: Mapping[str, Any]) -> dict:
+    return {"task": task.name, "model": model_id, "methods": method_records(configs), "prompt": prompt,
+            "started": _now(), **extra}
+
+
+# ----------------------------------------------------------------------------------------------- CHAIR
+
+def chair_image_list(
+    coco: CocoVal2014, image_list: str | Path | None = None, num_images: int = DEFAULT_CHAIR_IMAGES, seed: int = 0
+) -> tuple[list[int], dict[str, Any]]:
+    """The CHAIR images and how they were chosen: a user's list, or ``sample_image_ids`` over val2014 with
+    ``seed`` (all images when val2014 has fewer than ``num_images``)."""
+    if image_list is not None:
+        return load_image_list(image_list), {"source": str(image_list), "sha256": file_sha256(image_list)}
+    pool = coco_image_ids(coco.load_instances())
+    n = min(num_images, len(pool))
+    if n < num_images:
+        logger.warning("CHAIR: val2014 annotations list only %d images; using all of them, not %d", n, num_images)
+    return sample_image_ids(pool, n, seed), {"source": "sample_image_ids", "seed": seed, "n": n,
+                                             "pool": len(pool)}
+
+
+def run_chair(
+    model: Any,
+    processor: Any,
+    model_id: str,
+    coco_root: str | Path,
+    out: str | Path,
+    configs: Sequence[Any] = (),
+    options: RunOptions = RunOptions(),
+    image_list: str | Path | None = None,
+    num_images: int = DEFAULT_CHAIR_IMAGES,
+    lemmatizer: str = "auto",
+    prompt: str | None = None,
+    dist: DistContext | None = None,
+) -> dict[str, Any] | None:
+    """Caption the CHAIR images, score them, write ``metrics.json``; returns its record (None off the main process).
+
+    Writes ``image_list.json`` (the images run, after ``options.limit``) and ``chair_details.json`` (per caption).
+    """
+    dist = dist or DistContext()
+    coco = coco_val2014(coco_root)
+    coco.check()
+    ids, list_info = chair_image_list(coco, image_list, num_images, options.seed)
+    if options.limit is not None:
+        ids = ids[: options.limit]
+    prompt = prompt or CHAIR_TASK.prompt
+    max_new = options.max_new_tokens or CHAIR_TASK.max_new_tokens
+    samples = chair_samples(coco, ids, prompt)
+    out = Path(out)
+    image_info = {**list_info, "limit": options.limit, "image_ids": ids}
+    records = run_samples(
+        model, processor, samples, out, _settings(CHAIR_TASK, model_id, configs, prompt, {"coco_root": str(coco.root)}),
+        configs=configs, batch_size=options.batch_size, max_new_tokens=max_new, seed=options.seed,
+        resume=options.resume, progress=options.progress, dist=dist, extra_files={IMAGE_LIST_FILE: image_info},
+    )
+    if records is None:
+        return None
+    evaluator = CHAIR.from_coco(coco.load_instances(), coco.load_captions(), image_ids=ids, lemmatizer=lemmatizer)
+    metrics, details = score_chair(records, evaluator)
+    (out / CHAIR_DETAILS_FILE).write_text(json.dumps(details, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    provenance = {
+        "dataset": {
+            "name": "COCO val2014", "root": str(coco.root),
+            "instances_sha256": file_sha256(coco.instances_path),
+            "captions_sha256": file_sha256(coco.captions_path),
+        },
+        "image_list": image_info,
+        "image_list_file": IMAGE_LIST_FILE,
+        "prompt": prompt,
+        "lemmatizer": evaluator.lemmatizer_name,
+    }
+    return _finish(CHAIR_TASK, out, model, model_id, configs, options, max_new, metrics, provenance, records, dist)
+
+
+# ----------------------------------------------------------------------------------------------- POPE
+
+def load_pope_splits(
+    pope_dir: str | Path | None = None,
+    pope_files: Sequence[str | Path] = (),
+    hf_dataset: str | None = None,
+    splits: Sequence[str] = pope_lib.SPLITS,
+) -> dict[str, pope_lib.PopeSplit]:
+    """POPE questions from a folder of the standard files, from explicit files, or from the HF hub (in that order
+    of preference; the hub only when neither is given)."""
+    if pope_files:
+        loaded = [pope_lib.load_pope_jsonl(_existing(p, "--pope-file")) for p in pope_files]
+        return {s.name: s for s in loaded}
+    if pope_dir is not None:
+        if not Path(pope_dir).is_dir():
+            raise FileNotFoundError(
+                f"--pope-dir {pope_dir} is not a directory (it should hold coco_pope_<split>.jsonl)"
+            )
+        return pope_lib.load_pope_dir(pope_dir, splits)
+    dataset = hf_dataset or pope_lib.HF_DATASET
+    try:
+        return {s: pope_lib.load_pope_hf(s, dataset=dataset) for s in splits}
+    except ImportError:
+        raise
+    except Exception as exc:  # datasets raises many types (ConnectionError, DatasetNotFoundError, OSError, ...)
+        raise RuntimeError(
+            f"could not load POPE from the HF hub ({dataset}): {exc}\nOffline? Pass --pope-dir DIR holding "
+            "coco_pope_{random,popular,adversarial}.jsonl (or --pope-file) and --coco-root with val2014."
+        ) from exc
+
+
+def _existing(path: str | Path, flag: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path} does not exist")
+    return path
+
+
+def run_pope(
+    model: Any,
+    processor: Any,
+    model_id: str,
+    splits: Mapping[str, pope_lib.PopeSplit],
+    out: str | Path,
+    configs: Sequence[Any] = (),
+    options: RunOptions = RunOptions(),
+    coco_root: str | Path | None = None,
+    parse_mode: str = "official",
+    prompt: str | None = None,
+    dist: DistContext | None = None,
+) -> dict[str, Any] | None:
+    """Answer the POPE questions (first ``options.limit`` per split), score, write ``metrics.json``; returns its
+    record (None off the main process)."""
+    if parse_mode not in pope_lib.PARSE_MODES:
+        raise ValueError(f"POPE parse mode must be one of {pope_lib.PARSE_MODES}, not {parse_mode!r}")
+    dist = dist or DistContext()
+    coco = None
+    if coco_root is not None:
+        coco = coco_val2014(coco_root)
+        if not coco.image_dir.is_dir():
+            raise FileNotFoundError(f"COCO images not found: {coco.image_dir}; download val2014.zip from "
+                                    f"cocodataset.org and unzip it into {coco.root}")
+    template = prompt or POPE_TASK.prompt
+    if "{question}" not in template:
+        raise ValueError("the POPE prompt must contain {question}")
+    max_new = options.max_new_tokens or POPE_TASK.max_new_tokens
+    samples = pope_samples(splits, coco, template, options.limit)
+    out = Path(out)
+    records = run_samples(
+        model, processor, samples, out,
+        _settings(POPE_TASK, model_id, configs, template, {"splits": list(splits)}),
+        configs=configs, batch_size=options.batch_size, max_new_tokens=max_new, seed=options.seed,
+        resume=options.resume, progress=options.progress, dist=dist,
+    )
+    if records is None:
+        return None
+    metrics = score_pope(records, splits, parse_mode)
+    provenance = {
+        "dataset": {name: split.provenance for name, split in splits.items()},
+        "coco_root": str(coco.root) if coco is not None else None,
+        "limit_per_split": options.limit,
+        "image_list": sorted({str(r["image"]) for r in records}),
+        "prompt": template,
+        "parse_mode": parse_mode,
+    }
+    return _finish(POPE_TASK, out, model, model_id, configs, options, max_new, metrics, provenance, records, dist)

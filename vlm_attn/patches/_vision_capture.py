@@ -1,0 +1,129 @@
+"""Reading PAINT's scores out of a vision encoder without switching it to eager attention (SPEC §4).
+
+A forward pre-hook on each of the two vision attention modules PAINT reads (the first layer and the feature layer)
+recomputes softmax(Q K^T * scale) from the module's own inputs for that layer only; the tower keeps running SDPA
+(or whatever it runs) and every other layer is untouched. The maps are reduced to per-patch scores at once, so no
+(heads, N, N) tensor outlives the hook. Family files decide which modules, CLS or not, merging and patch order.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .base import VisionScores
+
+Sink = Callable[[str, list[VisionScores]], None]
+
+
+@dataclass
+class InstanceOverride:
+    """An attribute set on one object (shadowing its class's method) and removed again by `remove()`."""
+
+    obj: Any
+    name: str
+
+    def remove(self) -> None:
+        if self.name in vars(self.obj):
+            delattr(self.obj, self.name)
+
+
+def feature_layer_index(vision_feature_layer: Any, num_layers: int) -> int:
+    """0-based encoder layer whose output the projector reads.
+
+    `hidden_states[k]` is the embedding output for k = 0 and the output of layer k - 1 otherwise, so
+    `vision_feature_layer = -2` (LLaVA) is layer L_v - 2 and a non-negative k is layer k - 1. With several feature
+    layers (a list) the last one is used.
+    """
+    layer = vision_feature_layer[-1] if isinstance(vision_feature_layer, (list, tuple)) else vision_feature_layer
+    if not isinstance(layer, int):
+        raise ValueError(f"vision_feature_layer must be an int or a list of ints, got {vision_feature_layer!r}")
+    idx = num_layers + layer if layer < 0 else layer - 1
+    if not 0 <= idx < num_layers:
+        raise ValueError(
+            f"vision_feature_layer {layer} selects no encoder layer's output in a {num_layers}-layer vision tower"
+        )
+    return idx
+
+
+def qk_probs(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T * scale) in fp32 for a (N, T, D) input of a CLIP/SigLIP-style attention (q_proj, k_proj)."""
+    n, t, _ = hidden.shape
+    heads = getattr(module, "num_heads", None) or module.config.num_attention_heads
+    q = module.q_proj(hidden).view(n, t, heads, -1).transpose(1, 2)
+    k = module.k_proj(hidden).view(n, t, heads, -1).transpose(1, 2)
+    scale = getattr(module, "scale", None) or getattr(module, "scaling", None) or q.shape[-1] ** -0.5
+    return torch.softmax((q @ k.transpose(-1, -2)).float() * scale, dim=-1)
+
+
+def clip_scores(probs: torch.Tensor, has_cls: bool) -> list[VisionScores]:
+    """Per-image scores from (N, heads, T, T) maps: CLS -> patch summed over heads, and the column mean."""
+    column = probs.mean(dim=(1, 2))
+    if has_cls:
+        return [VisionScores(cls=c, column=col) for c, col in zip(probs[:, :, 0, 1:].sum(dim=1), column[:, 1:])]
+    return [VisionScores(cls=None, column=col) for col in column]
+
+
+def hook_clip_tower(
+    layers: nn.ModuleList,
+    first: int,
+    feature: int,
+    has_cls: bool,
+    sink: Sink,
+    entries: Callable[[int], list[int] | None] | None = None,
+) -> list[Any]:
+    """Pre-hooks on `layers[first].self_attn` and `layers[feature].self_attn` of a CLIP-style encoder.
+
+    `entries(n)` may pick which of the n encoded images are scored (LLaVA-NeXT: the base image of each anyres
+    image); None scores all of them.
+    """
+
+    def make(kinds: tuple[str, ...]) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            pick = entries(hidden.shape[0]) if entries is not None else None
+            if pick is not None:
+                hidden = hidden[torch.tensor(pick, device=hidden.device, dtype=torch.long)]
+            with torch.no_grad():
+                scores = clip_scores(qk_probs(module, hidden), has_cls)
+            for kind in kinds:
+                sink(kind, scores)
+
+        return hook
+
+    kinds_at = {first: ("first",)} if first != feature else {first: ("first", "feature")}
+    if first != feature:
+        kinds_at[feature] = ("feature",)
+    return [
+        layers[idx].self_attn.register_forward_pre_hook(make(kinds), with_kwargs=True)
+        for idx, kinds in kinds_at.items()
+    ]
+
+
+def qwen_column_sums(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    """Column sums over heads and query rows of a Qwen-VL vision attention call: (seq,) fp32.
+
+    Recomputes q and k like the module does (fused qkv, vision rotary embedding) and the softmax inside each
+    block of `cu_seqlens` (one image, or one window in Qwen2.5-VL's windowed layers); keys outside a row's block
+    receive nothing from it.
+    """
+    hidden = args[0] if args else kwargs["hidden_states"]
+    cu = kwargs.get("cu_seqlens", args[1] if len(args) > 1 else None)
+    cos, sin = kwargs.get("position_embeddings", args[2] if len(args) > 2 else None)
+    seq = hidden.shape[0]
+    q, k, _ = module.qkv(hidden).reshape(seq, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    rotary = getattr(sys.modules[type(module).__module__], "apply_rotary_pos_emb_vision")
+    q, k = rotary(q, k, cos, sin)
+    q, k = q.transpose(0, 1), k.transpose(0, 1)  # (heads, seq, d)
+    out = torch.zeros(seq, dtype=torch.float32, device=hidden.device)
+    bounds = cu.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end <= start:
+            continue
+        scores = (q[:, start:end] @ k[:, start:end].transpose(-1, -2)).float() * module.scaling
+        out[start:end] = torch.softmax(scores, dim=-1).sum(dim=(0, 1))
+    return out

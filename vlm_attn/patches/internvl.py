@@ -1,0 +1,114 @@
+"""InternVL (HF-native `internvl`): InternViT + pixel-shuffle MLP projector + Qwen2 language model.
+
+Each image tile (and the thumbnail, when the image is split) becomes `<img>` + n `<IMG_CONTEXT>` + `</img>`; only the
+`<IMG_CONTEXT>` tokens (`config.image_token_id`) carry image features, so only they are image positions. The tiles
+of one image are one contiguous run of context tokens. Its processor owns a video processor (torchvision), so the
+tiny model's processor is assembled without it (see `_image_only`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from ._image_only import ImageOnlyProcessorFamily, assemble_processor
+from .base import ImageGrid, TinySpec, register_family
+from .llava import tiny_text_config
+
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<IMG_CONTEXT>\n{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+INTERNVL_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+# SPEC §2.1: InternVL2-8B {3584} (InternLM2 language model, hidden 4096).
+INTERNVL_SINK_DIMS = {"internvl2-8b": (4096, (3584,))}
+# Tiny geometry: 32-pixel tiles of 4-pixel patches (8 x 8), pixel shuffle 0.5 -> 16 `<IMG_CONTEXT>` tokens a tile.
+TILE, PATCH, DOWNSAMPLE = 32, 4, 0.5
+IMAGE_SEQ_LENGTH = int((TILE // PATCH) ** 2 * DOWNSAMPLE**2)
+
+
+@register_family
+class InternVLAdapter(ImageOnlyProcessorFamily):
+    model_types = ("internvl",)
+    known_sink_dims = INTERNVL_SINK_DIMS
+
+    def image_grid(self, inputs: Any, image_index: int = 0) -> ImageGrid:
+        """The grid of image `image_index`'s thumbnail tile: the last tile of its `<IMG_CONTEXT>` run.
+
+        The map must cover the whole image. An image split into tiles gets a thumbnail (the whole image resized to
+        one tile) after its tiles (GotOcr2 image processor, `use_thumbnail=True`, its default and the released
+        setting); an image that is not split is one tile covering it all. Either way the whole-image view is the
+        last tile. A tile is side x side pixel-shuffled patches in row-major order, side = image_size / patch_size
+        * downsample_ratio (16 x 16 at 448 / 14 * 0.5). With `use_thumbnail=False` the last tile is a crop, not
+        the whole image: keep the default for Visual Funnel and ViCrop.
+        """
+        from ._grids import check_index, image_runs
+
+        vision = self.config.vision_config
+        size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+        patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
+        side = int(size // patch * self.config.downsample_ratio)
+        tile = side * side
+        runs = image_runs(self, inputs)
+        check_index(image_index, len(runs), "internvl")
+        run = runs[image_index]
+        if tile < 1 or run.length % tile:
+            raise ValueError(f"internvl: image {image_index} holds {run.length} tokens, not a multiple of {tile}")
+        return ImageGrid(start=run.offset + run.length - tile, shape=(side, side))
+
+    @classmethod
+    def processor_settings(cls, processor: Any) -> dict[str, Any]:
+        return {"image_seq_length": processor.image_seq_length}
+
+    @classmethod
+    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: str, settings: dict[str, Any]) -> Any:
+        from transformers import InternVLProcessor
+
+        image_token, video_token = tokenizer.context_image_token, tokenizer.video_token
+        return assemble_processor(
+            InternVLProcessor,
+            image_processor,
+            tokenizer,
+            chat_template,
+            start_image_token=tokenizer.start_image_token,
+            end_image_token=tokenizer.end_image_token,
+            start_image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.start_image_token),
+            end_image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.end_image_token),
+            image_token=image_token,
+            video_token=video_token,
+            image_token_id=tokenizer.convert_tokens_to_ids(image_token),
+            multimodal_pattern=re.compile(f"(?P<image>{re.escape(image_token)})|(?P<video>{re.escape(video_token)})"),
+            **settings,
+        )
+
+    @classmethod
+    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
+        from transformers import InternVLConfig, InternVLForConditionalGeneration
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        tok = tokenizer_factory(
+            INTERNVL_SPECIAL,
+            {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"},
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+        )
+        image_processor = GotOcr2ImageProcessorPil(
+            size={"height": TILE, "width": TILE}, crop_to_patches=True, min_patches=1, max_patches=4
+        )
+        processor = cls.assemble(image_processor, tok, INTERNVL_CHAT_TEMPLATE, {"image_seq_length": IMAGE_SEQ_LENGTH})
+        config = InternVLConfig(
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=[TILE, TILE], patch_size=[PATCH, PATCH]),
+            text_config={"model_type": "qwen2", **tiny_text_config(len(tok))},
+            image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+            image_seq_length=IMAGE_SEQ_LENGTH,
+            downsample_ratio=DOWNSAMPLE,
+            vision_feature_layer=-1,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        return TinySpec(config=config, processor=processor, model_class=InternVLForConditionalGeneration)

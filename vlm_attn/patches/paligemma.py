@@ -1,0 +1,93 @@
+"""PaliGemma: SigLIP + linear projector + Gemma language model, with a bidirectional prefix.
+
+The prompt is `<image>*n <bos> prompt \\n` (the processor inserts `<bos>` after the image tokens and the newline at
+the end; there is no chat turn structure). The processor returns `token_type_ids` (0 on the prefix = image + prompt),
+and at prefill the model lets every prefix token attend to every other prefix token; only generated tokens are
+causal. So the image rows see the prompt text that follows them: VAR, which edits the prompt's text rows (text
+after the first image token) from layer 2 on, changes the image rows' inputs at the next layer too. What stays
+exact is this: VAR never edits an image row, so within any one layer the image rows' outputs move only through
+their inputs; with VAR on the last layer alone, the image rows' logits are bitwise those of the vanilla model.
+
+The processor adds PaliGemma's 1024 `<locNNNN>` and 128 `<segNNN>` tokens to the tokenizer, so the vocabulary size
+is read after the processor is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import FamilyAdapter, ImageGrid, TinySpec, register_family
+from .llava_onevision import tiny_siglip_config
+
+PALIGEMMA_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}"
+)
+IMAGE_SIZE, PATCH = 48, 8
+
+
+@register_family
+class PaliGemmaAdapter(FamilyAdapter):
+    model_types = ("paligemma",)
+
+    def image_grid(self, inputs: Any, image_index: int = 0) -> ImageGrid:
+        """The SigLIP patch grid of image `image_index`, side = image_size // patch_size (16 x 16 at 224 / 14).
+
+        The processor writes the images' tokens back to back at the start of the prompt (k images: k * side^2
+        `<image>` tokens, then `<bos>` and the text), and the model fills them with each image's patches in
+        order, so image i starts at i * side^2. Several images in one prompt work mechanically (the Funnel's
+        answer turn); the released checkpoints were trained with one image per prompt, so how well they use four
+        is a property of the checkpoint (multi-image is a fine-tuning setting of PaliGemma).
+        """
+        from ._grids import check_index, image_runs
+
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        total = sum(run.length for run in image_runs(self, inputs))
+        check_index(image_index, total // (side * side), "paligemma")
+        return ImageGrid(start=image_index * side * side, shape=(side, side))
+
+    @classmethod
+    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
+        from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+        tok = tokenizer_factory(
+            ["<pad>", "<eos>", "<bos>", "<image>"],
+            {"image_token": "<image>"},
+            bos_token="<bos>",
+            eos_token="<eos>",
+            pad_token="<pad>",
+        )
+        image_processor = SiglipImageProcessorPil(
+            size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_seq_length=(IMAGE_SIZE // PATCH) ** 2
+        )
+        processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok,
+                                       chat_template=PALIGEMMA_CHAT_TEMPLATE)
+        text = dict(
+            model_type="gemma",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            vocab_size=len(tok),  # after the processor added the loc/seg tokens
+            max_position_embeddings=1024,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        config = PaliGemmaConfig(
+            vision_config=tiny_siglip_config(IMAGE_SIZE, PATCH),
+            text_config=text,
+            image_token_index=tok.convert_tokens_to_ids("<image>"),
+            vocab_size=len(tok),
+            projection_dim=text["hidden_size"],
+            hidden_size=text["hidden_size"],
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        return TinySpec(config=config, processor=processor, model_class=PaliGemmaForConditionalGeneration)

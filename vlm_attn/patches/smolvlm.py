@@ -1,0 +1,83 @@
+"""SmolVLM: Idefics3's architecture and image layout (tiles wrapped in `<fake_token_around_image>` and
+`<row_i_col_j>`, then `<global-img>`); only the `<image>` tokens are image positions.
+
+Its processor owns a video processor (torchvision) and its `__init__` also requires the `num2words` package, which
+is used only to write video prompts; the tiny model's processor is therefore assembled without either (see
+`_image_only`). `SmolVLMProcessor.apply_chat_template` reads the frame count and fps from the video processor even
+for image-only turns, so a small stand-in carries those two numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ._image_only import ImageOnlyProcessorFamily, assemble_processor
+from .base import TinySpec, register_family
+from .idefics3 import (
+    IDEFICS_CHAT_TEMPLATE,
+    IMAGE_SEQ_LEN,
+    TILE,
+    Idefics3Adapter,
+    idefics_tokenizer,
+    tiny_idefics_config,
+)
+
+
+class VideoSamplingDefaults(dict):
+    """What `SmolVLMProcessor.apply_chat_template` reads from its video processor (SmolVLM's shipped values).
+
+    A dict, so that the processor's `repr` / `to_dict` can serialise it like any setting.
+    """
+
+    def __init__(self, num_frames: int = 64, fps: int = 1):
+        super().__init__(num_frames=num_frames, fps=fps)
+
+    @property
+    def num_frames(self) -> int:
+        return self["num_frames"]
+
+    @property
+    def fps(self) -> int:
+        return self["fps"]
+
+
+@register_family
+class SmolVLMAdapter(ImageOnlyProcessorFamily, Idefics3Adapter):
+    model_types = ("smolvlm",)
+
+    @classmethod
+    def processor_settings(cls, processor: Any) -> dict[str, Any]:
+        return {"image_seq_len": processor.image_seq_len}
+
+    @classmethod
+    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: str, settings: dict[str, Any]) -> Any:
+        from transformers import SmolVLMProcessor
+
+        proc = assemble_processor(
+            SmolVLMProcessor,
+            image_processor,
+            tokenizer,
+            chat_template,
+            fake_image_token=tokenizer.fake_image_token,
+            image_token=tokenizer.image_token,
+            image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
+            end_of_utterance_token=tokenizer.end_of_utterance_token,
+            global_image_token=tokenizer.global_image_token,
+            video_token=tokenizer.video_token,
+            **settings,
+        )
+        proc.video_processor = VideoSamplingDefaults()
+        return proc
+
+    @classmethod
+    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
+        from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+        tok = idefics_tokenizer(tokenizer_factory, video=True)
+        image_processor = SmolVLMImageProcessorPil(
+            size={"longest_edge": 2 * TILE}, max_image_size={"longest_edge": TILE}, do_image_splitting=True
+        )
+        processor = cls.assemble(image_processor, tok, IDEFICS_CHAT_TEMPLATE, {"image_seq_len": IMAGE_SEQ_LEN})
+        config = tiny_idefics_config(SmolVLMConfig, "smolvlm_vision", tok)
+        return TinySpec(config=config, processor=processor, model_class=SmolVLMForConditionalGeneration)

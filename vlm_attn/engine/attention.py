@@ -111,7 +111,8 @@ def steered_attention(
     softcap = kwargs.get("softcap")
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = scores + _row_mask(attention_mask, rows, view, batch, kv_len)
+    if attention_mask is not None or q_len > 1:  # a decode row with no mask sees every key
+        scores = scores + _row_mask(attention_mask, rows, view, batch, kv_len)
 
     changed = torch.zeros(batch, heads, rows.index.shape[1], dtype=torch.bool, device=query.device)
     per_method = []

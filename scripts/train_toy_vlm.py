@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None, help="continue from a model saved by this script (weights + processor)")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -132,8 +133,17 @@ def main(argv=None) -> int:
     files, objects, captions, categories = load_split(root, "train")
     words = " ".join([CAPTION_PROMPT, QUESTION, "USER ASSISTANT yes no", *categories,
                       *(c for cs in captions.values() for c in cs)]).lower().replace("?", " ? ").replace(".", " . ")
-    processor = build_processor(words.split() + ["?", ".", ",", ":", "{obj}"])
-    model = build_model(processor).train()
+    if args.init:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        processor = AutoProcessor.from_pretrained(args.init)
+        model = LlavaForConditionalGeneration.from_pretrained(args.init).train()
+        with torch.no_grad():  # from_pretrained leaves CPU weights as views of the mmapped file: own them first
+            for param in model.parameters():
+                param.data = param.data.clone()
+    else:
+        processor = build_processor(words.split() + ["?", ".", ",", ":", "{obj}"])
+        model = build_model(processor).train()
     n_image = (IMAGE_SIZE // PATCH) ** 2
     examples = make_examples(processor, files, objects, captions, categories, n_image, rng)
     ids_sorted = sorted(files)
@@ -185,6 +195,7 @@ def main(argv=None) -> int:
     (out / "training.json").write_text(json.dumps({
         "data": str(root), "steps": step, "minutes": (time.perf_counter() - start) / 60, "final_loss_ema": ema,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "examples": len(examples),
+        "init": args.init,
     }, indent=2))
     sys.stdout.write(f"trained {step} steps, loss {ema:.3f}; saved to {out}\n")
     return 0

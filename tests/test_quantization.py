@@ -37,3 +37,34 @@ def test_var_on_quantized_llava(tiny_cache, bits):
             assert h.report()["var"]["total_heads_redistributed"] > 0
         assert not torch.equal(steered, ref)
         assert torch.equal(model(**batch).logits, ref)
+
+
+STEERING = {
+    "var": (lambda: vlm_attn.VARConfig(sink_dims=tuple(range(8)), tau=2.0, p=1.0, rho=0.0),
+            lambda r: r["var"]["total_heads_redistributed"] > 0),
+    "pai": (lambda: vlm_attn.PAIConfig(alpha=5.0, guidance=False),
+            lambda r: sum(r["pai"]["rows_amplified"].values()) > 0),
+    "paint": (lambda: vlm_attn.PAINTConfig(alpha=5.0, beta=5.0, guidance=False),
+              lambda r: r["paint"]["active"] and r["paint"]["local_tokens"] > 0),
+}
+
+
+@pytest.mark.parametrize("method", sorted(STEERING))
+def test_every_attention_method_steers_the_8bit_model(tiny_cache, method):
+    """The 8-bit language model (vision tower in full precision, so PAINT's hooks read it as usual) is steered by
+    each attention method, and removing the method restores its logits bitwise."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+
+    path = tiny_path("llava", tiny_cache)
+    quant = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP)
+    model = AutoModelForImageTextToText.from_pretrained(path, quantization_config=quant, device_map="cpu")
+    assert type(model.model.language_model.layers[0].self_attn.q_proj).__name__ == "Linear8bitLt"
+    batch = build_inputs(AutoProcessor.from_pretrained(path), [make_image(0)], ["describe the image in detail"])
+    make, acted = STEERING[method]
+    with torch.no_grad():
+        ref = model(**batch).logits
+        with vlm_attn.apply(model, make()) as handle:
+            steered = model(**batch).logits
+            assert acted(handle.report())
+        assert (steered[:, -1] - ref[:, -1]).abs().max() > 1e-3
+        assert torch.equal(model(**batch).logits, ref)

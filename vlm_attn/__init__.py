@@ -7,6 +7,7 @@
 
 from .api import Handle, apply, remove
 from .generation import GenerationResult, funnel_decide, generate, vicrop_decide
+from .inspection import Inspection, LayerInspection, inspect_attention
 from .methods.funnel import FunnelConfig
 from .methods.vicrop import ViCropConfig
 from .methods import HeadSensitivity, PAIConfig, PAINTConfig, VARConfig
@@ -15,6 +16,6 @@ from .patches.base import UnsupportedModelError, supported_families
 __version__ = "0.1.0"
 
 __all__ = [
-    "FunnelConfig", "GenerationResult", "Handle", "HeadSensitivity", "PAIConfig", "PAINTConfig", "UnsupportedModelError", "VARConfig", "ViCropConfig", "apply",
-    "funnel_decide", "generate", "remove", "supported_families", "vicrop_decide", "__version__",
+    "FunnelConfig", "GenerationResult", "Handle", "HeadSensitivity", "Inspection", "LayerInspection", "PAIConfig", "PAINTConfig", "UnsupportedModelError", "VARConfig", "ViCropConfig", "apply",
+    "funnel_decide", "generate", "inspect_attention", "remove", "supported_families", "vicrop_decide", "__version__",
 ]

@@ -17,6 +17,18 @@ logger = logging.getLogger(__name__)
 DEMO_FILE = "vlm_attn_demo.json"
 
 
+TOY_MODEL = "toy-vlm"
+
+
+def toy_model_path() -> Path:
+    """The small LLaVA-architecture model trained on the toy COCO set that ships inside the package.
+
+    It really looks at the image and really hallucinates the objects its training set paired (fork/knife,
+    car/traffic light, dog/frisbee, apple/banana); `scripts/train_toy_vlm.py` rebuilds it.
+    """
+    return Path(str(resources.files("vlm_attn") / "assets" / "toy_vlm"))
+
+
 def sample_image_path() -> Path:
     """The bundled sample picture (a synthetic street scene: car, tree, traffic light), for no-download demos."""
     return Path(str(resources.files("vlm_attn") / "assets" / "sample.png"))
@@ -33,9 +45,12 @@ def _dtype(name: str | None) -> Any:
 
 
 def load_model(name: str, device: str | None = None, dtype: str | None = None, **kwargs: Any) -> tuple[Any, Any]:
-    """(model, processor) for a hub id, a local directory, or `tiny-<family>` (random weights, built offline)."""
+    """(model, processor) for a hub id, a local directory, `toy-vlm` (the shipped toy model) or `tiny-<family>`
+    (random weights, built offline)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    if name == TOY_MODEL:
+        name = str(toy_model_path())
     if name.startswith(TINY_PREFIX):
         model, processor = load_tiny(name)
     else:

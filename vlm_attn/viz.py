@@ -36,10 +36,19 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
 
 
-def _upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Min-max normalise a ``(gh, gw)`` map to ``[0, 1]`` and resize it bilinearly to ``size = (W, H)``."""
-    low, high = float(grid.min()), float(grid.max())
-    scaled = (grid - low) / (high - low) if high > low else np.zeros_like(grid)
+def _upsample(
+    grid: np.ndarray, size: tuple[int, int], value_range: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Scale a ``(gh, gw)`` map to ``[0, 1]`` and resize it bilinearly to ``size = (W, H)``.
+
+    The scale is the map's own min-max, or ``value_range = (low, high)`` when given (values outside are clipped),
+    so that several maps drawn with one range share a colour scale.
+    """
+    if value_range is None:
+        low, high = float(grid.min()), float(grid.max())
+    else:
+        low, high = float(value_range[0]), float(value_range[1])
+    scaled = np.clip((grid - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(grid)
     resized = Image.fromarray(scaled.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
     return np.clip(np.asarray(resized, dtype=np.float64), 0.0, 1.0)
 
@@ -55,6 +64,7 @@ def draw_attention(
     title: str | None = None,
     marks: Sequence[tuple[int, int]] | None = None,
     alpha: float = 0.5,
+    value_range: tuple[float, float] | None = None,
 ) -> Image.Image:
     """Overlay an attention grid on ``image`` as a heatmap, with optional boxes, marked cells and a title.
 
@@ -67,6 +77,8 @@ def draw_attention(
         title: text drawn in a dark strip over the top-left corner.
         marks: ``(row, col)`` grid cells outlined in red and crossed, e.g. the visual sink tokens.
         alpha: heatmap opacity in ``[0, 1]``.
+        value_range: ``(low, high)`` mapped to the ends of the colormap instead of the map's own min-max; give
+            several maps the same range to compare them (e.g. attention before and after a method).
 
     Returns:
         A new RGB image of the same size as ``image``; the input is left untouched.
@@ -78,7 +90,7 @@ def draw_attention(
     gh, gw = grid.shape
     width, height = base.size
 
-    heat = colormap(_upsample(grid, base.size)).astype(np.float64)
+    heat = colormap(_upsample(grid, base.size, value_range)).astype(np.float64)
     blended = (1.0 - alpha) * np.asarray(base, dtype=np.float64) + alpha * heat
     out = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
@@ -154,6 +166,7 @@ class Panel:
     boxes: Sequence[Sequence[float]] = field(default_factory=list)
     marks: Sequence[tuple[int, int]] = field(default_factory=list)
     title: str = ""
+    value_range: tuple[float, float] | None = None  # shared colour scale (see `draw_attention`); None: min-max
 
     def draw(self) -> Image.Image:
         """The panel as an RGB image (the plain image when there is no grid; boxes still drawn)."""
@@ -162,7 +175,8 @@ class Panel:
                 return to_rgb(self.image)
             grid = np.zeros((1, 1))
             return draw_attention(self.image, grid, boxes=self.boxes, marks=self.marks or None, alpha=0.0)
-        return draw_attention(self.image, self.grid_map, boxes=self.boxes, marks=self.marks or None)
+        return draw_attention(self.image, self.grid_map, boxes=self.boxes, marks=self.marks or None,
+                              value_range=self.value_range)
 
 
 def render_panels(panels: Sequence[Panel], gap: int = 4) -> Image.Image:
@@ -170,3 +184,24 @@ def render_panels(panels: Sequence[Panel], gap: int = 4) -> Image.Image:
     if not panels:
         raise ValueError("render_panels needs at least one panel")
     return side_by_side([p.draw() for p in panels], titles=[p.title for p in panels], gap=gap)
+
+
+def render_rows(rows: Sequence[Sequence[Panel]], gap: int = 4) -> Image.Image:
+    """Draw rows of panels: each row left to right (`render_panels`), the rows top to bottom, left-aligned.
+
+    Used for figures with one row per layer (a method's before/after maps). The canvas is as wide as the widest
+    row and as tall as all rows plus ``gap`` pixels between them.
+    """
+    if not rows or any(not row for row in rows):
+        raise ValueError("render_rows needs at least one row, and every row at least one panel")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap!r}")
+    strips = [render_panels(row, gap=gap) for row in rows]
+    width = max(s.width for s in strips)
+    height = sum(s.height for s in strips) + gap * (len(strips) - 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    y = 0
+    for strip in strips:
+        canvas.paste(strip, (0, y))
+        y += strip.height + gap
+    return canvas

@@ -100,8 +100,9 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="hub id, local directory saved with save_pretrained, or tiny-<family> "
-                        "(random weights built offline: a demo of the machinery, not of quality)")
+    p.add_argument("--model", default="toy-vlm",
+                   help="hub id, local directory saved with save_pretrained, toy-vlm (default: the small model "
+                        "trained on synthetic scenes that ships with the package) or tiny-<family> (random "
+                        "weights built offline: a demo of the machinery, not of quality)")
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: where from_pretrained puts it)")
     p.add_argument("--dtype", default=None, help="auto, float32, float16 or bfloat16 (default: auto)")

@@ -556,6 +556,10 @@ class PAINTMethod(AttentionMethod):
         if n_runs == 0:
             return None
         first, feature = pending.get("first"), pending.get("feature")
+        if first is not None and feature is not None:  # family-specific: several encoder entries per run
+            lengths = [int(run.numel()) for sample_runs in runs for run in sample_runs]
+            first = self.adapter.paint_group_scores(lengths, first)
+            feature = self.adapter.paint_group_scores(lengths, feature)
         if first is None or feature is None or len(first) != n_runs or len(feature) != n_runs:
             logger.warning(
                 "PAINT: the prompt holds %d image(s) but the vision hooks scored %s; PAINT is inactive for this call "

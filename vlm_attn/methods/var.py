@@ -217,6 +217,17 @@ class VARMethod(AttentionMethod):
             return None
         return store["sinks"][view.layer_idx], store["has_visual"][view.layer_idx]
 
+    def sink_positions(self, call: CallState, layer_idx: int) -> torch.Tensor | None:
+        """(B, T) bool over absolute positions: the sink tokens VAR found at `layer_idx` in `call`.
+
+        None when VAR did not look at that layer (outside its layers, p = 0, or the forward never reached it).
+        Read by `vlm_attn.inspect_attention` to mark the sinks on the image grid.
+        """
+        store = call.store.get(self.name)
+        if store is None:
+            return None
+        return store["sinks"].get(layer_idx)
+
     def rows(self, view: LayerView) -> torch.Tensor | None:
         if self.config.p == 0 or view.layer_idx not in self.layers:
             return None

@@ -50,14 +50,25 @@ def feature_layer_index(vision_feature_layer: Any, num_layers: int) -> int:
     return idx
 
 
-def qk_probs(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """softmax(Q K^T * scale) in fp32 for a (N, T, D) input of a CLIP/SigLIP-style attention (q_proj, k_proj)."""
+def qk_probs(module: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(Q K^T * scale + mask) in fp32 for a (N, T, D) input of a CLIP/SigLIP-style attention (q_proj, k_proj).
+
+    InternViT's optional `q_norm` / `k_norm` (over the whole projection, before the head split) are applied when the
+    module has them. `mask` is the additive (N, 1, T, T) float mask the encoder hands its attention (Idefics3 /
+    SmolVLM: padded patches of a tile), or None.
+    """
     n, t, _ = hidden.shape
     heads = getattr(module, "num_heads", None) or module.config.num_attention_heads
-    q = module.q_proj(hidden).view(n, t, heads, -1).transpose(1, 2)
-    k = module.k_proj(hidden).view(n, t, heads, -1).transpose(1, 2)
+    q, k = module.q_proj(hidden), module.k_proj(hidden)
+    if hasattr(module, "q_norm"):
+        q, k = module.q_norm(q), module.k_norm(k)
+    q = q.view(n, t, heads, -1).transpose(1, 2)
+    k = k.view(n, t, heads, -1).transpose(1, 2)
     scale = getattr(module, "scale", None) or getattr(module, "scaling", None) or q.shape[-1] ** -0.5
-    return torch.softmax((q @ k.transpose(-1, -2)).float() * scale, dim=-1)
+    logits = (q @ k.transpose(-1, -2)).float() * scale
+    if isinstance(mask, torch.Tensor) and mask.is_floating_point() and mask.dim() == 4:
+        logits = logits + mask.float()
+    return torch.softmax(logits, dim=-1)
 
 
 def clip_scores(probs: torch.Tensor, has_cls: bool) -> list[VisionScores]:
@@ -75,21 +86,32 @@ def hook_clip_tower(
     has_cls: bool,
     sink: Sink,
     entries: Callable[[int], list[int] | None] | None = None,
+    attention: str = "self_attn",
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[Any]:
-    """Pre-hooks on `layers[first].self_attn` and `layers[feature].self_attn` of a CLIP-style encoder.
+    """Pre-hooks on `layers[first].<attention>` and `layers[feature].<attention>` of a CLIP-style encoder.
 
     `entries(n)` may pick which of the n encoded images are scored (LLaVA-NeXT: the base image of each anyres
-    image); None scores all of them.
+    image); None scores all of them. `attention` names the attention submodule of a layer (InternViT: "attention").
+    `reduce` maps a (P,) per-patch score vector to the LM's image tokens (pixel shuffle, pooling: sums inside each
+    group); it is applied to both the CLS and the column scores.
     """
 
     def make(kinds: tuple[str, ...]) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
+            mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
             pick = entries(hidden.shape[0]) if entries is not None else None
             if pick is not None:
-                hidden = hidden[torch.tensor(pick, device=hidden.device, dtype=torch.long)]
+                index = torch.tensor(pick, device=hidden.device, dtype=torch.long)
+                hidden = hidden[index]
+                if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] > 1:
+                    mask = mask[index]
             with torch.no_grad():
-                scores = clip_scores(qk_probs(module, hidden), has_cls)
+                scores = clip_scores(qk_probs(module, hidden, mask), has_cls)
+                if reduce is not None:
+                    scores = [VisionScores(cls=None if s.cls is None else reduce(s.cls), column=reduce(s.column))
+                              for s in scores]
             for kind in kinds:
                 sink(kind, scores)
 
@@ -99,9 +121,44 @@ def hook_clip_tower(
     if first != feature:
         kinds_at[feature] = ("feature",)
     return [
-        layers[idx].self_attn.register_forward_pre_hook(make(kinds), with_kwargs=True)
+        getattr(layers[idx], attention).register_forward_pre_hook(make(kinds), with_kwargs=True)
         for idx, kinds in kinds_at.items()
     ]
+
+
+def group_sum(groups: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A `reduce` for `hook_clip_tower`: score of LM token t = sum of the patch scores `groups[t]` (T, g) indexes."""
+
+    def reduce(scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0] != groups.numel():
+            raise ValueError(f"vision scores cover {scores.shape[0]} patches but the token groups {groups.numel()}")
+        return scores[groups.to(scores.device)].sum(dim=-1)
+
+    return reduce
+
+
+def shuffle_groups(shuffle: Callable[[torch.Tensor], torch.Tensor], patches: int) -> torch.Tensor:
+    """(T, g) patch indexes of each LM token under a family's own pixel-shuffle function.
+
+    `shuffle` takes a (1, patches, 1) tensor of raster-ordered patches, applies the family's connector shuffle (in the
+    layout that connector receives) and returns the result, whose last dim stacks each token's patches; running it
+    on the patch indexes themselves (int64, so exact) shows which patches each token holds.
+    """
+    out = shuffle(torch.arange(patches, dtype=torch.long).view(1, patches, 1))
+    groups = out.reshape(-1, out.shape[-1])
+    if sorted(groups.flatten().tolist()) != list(range(patches)):
+        raise ValueError("the pixel shuffle did not keep every patch exactly once")
+    return groups
+
+
+def pooled_groups(side: int, kernel: int) -> torch.Tensor:
+    """(T, kernel^2) patch indexes of each cell of a `kernel` x `kernel` average pool over a side x side raster grid
+    (Gemma 3's projector), cells in row-major order."""
+    if kernel < 1 or side % kernel:
+        raise ValueError(f"a {side}x{side} patch grid does not pool evenly with kernel {kernel}")
+    cells = side // kernel
+    grid = torch.arange(side * side, dtype=torch.long).view(cells, kernel, cells, kernel)
+    return grid.permute(0, 2, 1, 3).reshape(cells * cells, kernel * kernel)
 
 
 def qwen_column_sums(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:

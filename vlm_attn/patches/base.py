@@ -95,6 +95,32 @@ class VisionScores:
     column: torch.Tensor
 
 
+def concat_scores_per_run(run_lengths: list[int], scores: list[VisionScores]) -> list[VisionScores]:
+    """Consecutive entries of `scores` joined so that each run of image tokens gets the entries it is made of.
+
+    An entry covers `column.numel()` tokens; entries are taken in order until they cover the run's length. When the
+    counts do not add up (no scores, video, precomputed features) `scores` is returned unchanged and PAINT's own
+    count check reports the mismatch.
+    """
+    out: list[VisionScores] = []
+    i = 0
+    for length in run_lengths:
+        parts: list[VisionScores] = []
+        covered = 0
+        while covered < length and i < len(scores):
+            parts.append(scores[i])
+            covered += int(scores[i].column.numel())
+            i += 1
+        if covered != length:
+            return scores
+        has_cls = all(p.cls is not None for p in parts)
+        out.append(VisionScores(
+            cls=torch.cat([p.cls for p in parts]) if has_cls else None,  # type: ignore[misc]
+            column=torch.cat([p.column for p in parts]),
+        ))
+    return out if i == len(scores) else scores
+
+
 @dataclass
 class TinySpec:
     """How to build a tiny random model of a family: config, processor, and the weight scale to redraw with."""
@@ -259,6 +285,15 @@ class FamilyAdapter:
         raise UnsupportedModelError(
             f"PAINT does not know the vision encoder of {self.model_types}: add `paint_capture` to its family adapter"
         )
+
+    def paint_group_scores(self, run_lengths: list[int], scores: list["VisionScores"]) -> list["VisionScores"]:
+        """The vision scores regrouped to one entry per run of image tokens (runs of the batch in order).
+
+        Default: each encoded image is one run (LLaVA, Qwen-VL, Gemma 3, Idefics3 tiles). Families whose run holds
+        several encoder entries (InternVL tiles, PaliGemma's back-to-back images) concatenate them
+        (`concat_scores_per_run`).
+        """
+        return scores
 
     def paint_image_positions(self, run: torch.Tensor, num_scores: int) -> torch.Tensor:
         """LM positions of the `num_scores` scored tokens of one image, given its run of image positions.

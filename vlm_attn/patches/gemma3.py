@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import FamilyAdapter, ImageGrid, TinySpec, register_family
+import torch
+
+from .base import FamilyAdapter, ImageGrid, TinySpec, UnsupportedModelError, register_family
 from .llava_onevision import tiny_siglip_config
 
 GEMMA_CHAT_TEMPLATE = (
@@ -52,6 +54,41 @@ class Gemma3Adapter(FamilyAdapter):
         if run.length != tokens:
             raise ValueError(f"gemma3: image block {image_index} holds {run.length} soft tokens, expected {tokens}")
         return ImageGrid(start=run.offset, shape=(side, side))
+
+    def paint_capture(self, sink: Callable[[str, list[Any]], None]) -> list[Any]:
+        """PAINT on SigLIP (no CLS: column-mean scores for both streams and the summary, SPEC §4, ours).
+
+        Layers: the first encoder layer and the last (the projector reads `last_hidden_state`; Gemma 3 has no
+        `vision_feature_layer`). The projector average-pools the (image_size / patch_size)^2 patch grid into
+        `mm_tokens_per_image` soft tokens; scores are summed inside each pooled cell, cells in row-major order, and
+        each encoded image (pan-and-scan crops included) is one soft-token block.
+        """
+        from ._grids import square_side
+        from ._vision_capture import group_sum, hook_clip_tower, pooled_groups
+
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        cells = square_side(int(self.config.mm_tokens_per_image), "gemma3 mm_tokens_per_image")
+        if side % cells:
+            raise UnsupportedModelError(
+                f"gemma3: a {side}x{side} patch grid does not pool evenly into {cells}x{cells} soft tokens"
+            )
+        tower = self.model.model.vision_tower
+        layers = getattr(tower, "vision_model", tower).encoder.layers
+        reduce = group_sum(pooled_groups(side, side // cells))
+        return hook_clip_tower(layers, 0, len(layers) - 1, False, sink, reduce=reduce)
+
+    def image_free_mask(self, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The `<start_of_image>` ... `<end_of_image>` span around each image's soft tokens (the processor writes it
+        as `\n\n<start_of_image>` + soft tokens + `<end_of_image>\n\n`; the newlines stay)."""
+        mask = self.image_mask(input_ids, kwargs)
+        start_id = getattr(self.config, "boi_token_index", None)
+        end_id = getattr(self.config, "eoi_token_index", None)
+        if isinstance(start_id, int) and isinstance(end_id, int):
+            start, end = input_ids == start_id, input_ids == end_id
+            depth = start.long().cumsum(1) - end.long().cumsum(1)
+            mask = mask | (depth > 0) | end
+        return mask
 
     @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from .base import FamilyAdapter, ImageGrid, TinySpec, register_family
@@ -70,6 +71,65 @@ class Idefics3Adapter(FamilyAdapter):
     def language_model(self) -> nn.Module:
         """Idefics3 and SmolVLM name their language model `text_model`."""
         return self.model.model.text_model
+
+    def vision_encoder(self) -> nn.Module:
+        """The SigLIP-style vision transformer (`model.vision_model`)."""
+        return self.model.model.vision_model
+
+    def paint_capture(self, sink: Callable[[str, list[Any]], None]) -> list[Any]:
+        """PAINT on every encoded view: each tile and the global view is scored and selected on its own (ours).
+
+        The encoder has no CLS, so both streams and the summary score are column means (SPEC §4, ours). Layers: the
+        first encoder layer and the last (the connector reads `last_hidden_state`; these configs have no
+        `vision_feature_layer`). The connector's pixel shuffle stacks `scale_factor`^2 patches into one `<image>`
+        token; scores are summed inside each stacked group, found by running the connector's own `pixel_shuffle` on
+        the patch indexes. The encoder sees the real views of the batch in prompt order (each image's tiles in
+        row-major order, then its global view), and each view is one run of `<image>` tokens between its wrapper
+        tokens, so view i maps onto run i, one token per group, in order.
+        """
+        from ._vision_capture import group_sum, hook_clip_tower, shuffle_groups
+
+        connector = self.model.model.connector
+        vision = self.config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        factor = int(self.config.scale_factor)
+        groups = shuffle_groups(lambda x: connector.pixel_shuffle(x, factor), patches)
+        layers = self.vision_encoder().encoder.layers
+        return hook_clip_tower(layers, 0, len(layers) - 1, False, sink, reduce=group_sum(groups))
+
+    def image_free_mask(self, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The whole image block: from the `<fake_token_around_image>` that opens an image's first view to the one
+        that closes its global view, with the `<row_i_col_j>` / `<global-img>` markers, the `<image>` runs and the
+        row newlines between them.
+
+        The config names no wrapper ids, so the layout is read from the prompt: the token two before a view's run
+        opens it (`<fake_token_around_image>`), the token just before it is its marker, and the global view (whose
+        marker is the one before the sample's last run, as in `image_grid`) ends the image, closed by the token after
+        its run.
+        """
+        mask = self.image_mask(input_ids, kwargs)
+        out = mask.clone()
+        for b in range(input_ids.shape[0]):
+            ids = input_ids[b].tolist()
+            positions = torch.nonzero(mask[b]).flatten().tolist()
+            runs = [p for i, p in enumerate(positions) if i == 0 or positions[i - 1] != p - 1]
+            if not runs:
+                continue
+            ends = {p: p for p in runs}
+            for p in positions:
+                start = max(r for r in runs if r <= p)
+                ends[start] = p
+            global_marker = ids[runs[-1] - 1] if runs[-1] > 0 else None
+            opened: int | None = None
+            for start in runs:
+                if opened is None:
+                    opened = start - 2 if start >= 2 else start
+                if start > 0 and ids[start - 1] == global_marker:
+                    close = ends[start] + 1
+                    last = close if close < len(ids) and ids[close] == ids[opened] else ends[start]
+                    out[b, opened : last + 1] = True
+                    opened = None
+        return out
 
     def image_grid(self, inputs: Any, image_index: int = 0) -> ImageGrid:
         """The grid of image `image_index`'s global (whole-image, downscaled) view, which ends the image's tokens.

@@ -12,7 +12,9 @@ import re
 from typing import Any, Callable
 
 from ._image_only import ImageOnlyProcessorFamily, assemble_processor
-from .base import ImageGrid, TinySpec, register_family
+import torch
+
+from .base import ImageGrid, TinySpec, UnsupportedModelError, VisionScores, concat_scores_per_run, register_family
 from .llava import tiny_text_config
 
 INTERNVL_CHAT_TEMPLATE = (
@@ -58,6 +60,52 @@ class InternVLAdapter(ImageOnlyProcessorFamily):
         if tile < 1 or run.length % tile:
             raise ValueError(f"internvl: image {image_index} holds {run.length} tokens, not a multiple of {tile}")
         return ImageGrid(start=run.offset + run.length - tile, shape=(side, side))
+
+    def paint_capture(self, sink: Callable[[str, list[Any]], None]) -> list[Any]:
+        """PAINT on InternViT, which has a CLS token: CLS -> patch attention for the local stream and the summary
+        score, the column mean for the spatial stream (SPEC §4, as for LLaVA).
+
+        Layers: the first encoder layer and `vision_feature_layer` (-1 on the released checkpoints: the last layer).
+        The "default" feature selection drops CLS, then `pixel_shuffle` by `downsample_ratio` (0.5) stacks 2x2
+        patches into one `<IMG_CONTEXT>` token; scores are summed inside each stack, found by running the model's
+        own `pixel_shuffle` on the patch indexes. Every tile (and the thumbnail) is scored; an image's tiles form one
+        run of context tokens, so their scores are joined per run (`paint_group_scores`) and one selection is made
+        over the whole image.
+        """
+        from ._grids import square_side
+        from ._vision_capture import feature_layer_index, group_sum, hook_clip_tower, shuffle_groups
+
+        if getattr(self.config, "vision_feature_select_strategy", "default") != "default":
+            raise UnsupportedModelError(
+                "internvl: PAINT maps patches to tokens for vision_feature_select_strategy='default' only (the "
+                "released setting; with 'full' the CLS token would enter the pixel shuffle)"
+            )
+        vision = self.config.vision_config
+        size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+        patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
+        patches = (size // patch) ** 2
+        side = square_side(patches, "internvl patch grid")
+        inner = self.model.model
+        ratio = self.config.downsample_ratio
+        groups = shuffle_groups(lambda x: inner.pixel_shuffle(x.reshape(1, side, side, 1), scale_factor=ratio),
+                                patches)
+        layers = inner.vision_tower.encoder.layer
+        feature = feature_layer_index(self.config.vision_feature_layer, len(layers))
+        return hook_clip_tower(layers, 0, feature, True, sink, attention="attention", reduce=group_sum(groups))
+
+    def paint_group_scores(self, run_lengths: list[int], scores: list[VisionScores]) -> list[VisionScores]:
+        """An image's tiles and thumbnail are one run of `<IMG_CONTEXT>` tokens: their scores are joined per run."""
+        return concat_scores_per_run(run_lengths, scores)
+
+    def image_free_mask(self, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """Each image's `<img>` + context tokens + `</img>`: the tokens right before and after every run of
+        `<IMG_CONTEXT>` (the config names no wrapper ids; the processor always writes the pair around a run)."""
+        mask = self.image_mask(input_ids, kwargs)
+        before = torch.zeros_like(mask)
+        after = torch.zeros_like(mask)
+        before[:, :-1] = mask[:, 1:] & ~mask[:, :-1]  # the token just before a run starts
+        after[:, 1:] = mask[:, :-1] & ~mask[:, 1:]  # the token just after a run ends
+        return mask | before | after
 
     @classmethod
     def processor_settings(cls, processor: Any) -> dict[str, Any]:

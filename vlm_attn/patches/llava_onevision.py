@@ -65,6 +65,62 @@ class LlavaOnevisionAdapter(ImageOnlyProcessorFamily):
         check_index(image_index, count, "llava_onevision")
         return ImageGrid(start=image_index * (side * side + 1) if count > 1 else 0, shape=(side, side))
 
+    def paint_capture(self, sink: Callable[[str, list[Any]], None]) -> list[Any]:
+        """PAINT reads the base (whole-image) view of each image, like LLaVA-NeXT (our choice, documented).
+
+        SigLIP has no CLS: both streams and the summary score use column means (SPEC §4, ours). Layers: the first
+        encoder layer and `vision_feature_layer` (-1 on the released checkpoints: the last layer, whose output the
+        projector reads). The tower encodes [base, tile_1, ..., tile_k] per anyres image and only the base view of
+        an image in a multi-image prompt; only the base entries are scored, and they map onto the base block that
+        leads each image's token run. Tiles and newline tokens are not amplified. The per-image view counts come from
+        `image_sizes` and `batch_num_images`, which only `get_image_features` sees: it is wrapped on this model
+        instance (removed again on `remove`). With "default" feature selection the first patch is dropped, as the
+        model drops it.
+        """
+        import functools
+
+        from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+        from ._vision_capture import InstanceOverride, feature_layer_index, hook_clip_tower
+
+        inner = self.model.model
+        original = inner.get_image_features
+        state: dict[str, Any] = {}
+        config = self.config
+
+        @functools.wraps(original)  # generate reads the signature to pick the encoder's kwargs
+        def get_image_features(*args: Any, **kwargs: Any) -> Any:
+            sizes = kwargs.get("image_sizes", args[1] if len(args) > 1 else None)
+            per_sample = kwargs.get("batch_num_images")
+            if sizes is not None:
+                patching = ([True] * len(sizes) if per_sample is None
+                            else [int(n) == 1 for n in per_sample for _ in range(int(n))])
+                counts = [
+                    image_size_to_num_patches(image_size=size, grid_pinpoints=config.image_grid_pinpoints,
+                                              patch_size=config.vision_config.image_size) if tiled else 1
+                    for size, tiled in zip(sizes, patching)
+                ]
+                state["bases"] = [sum(counts[:i]) for i in range(len(counts))]
+            try:
+                return original(*args, **kwargs)
+            finally:
+                state.pop("bases", None)
+
+        def entries(n: int) -> list[int] | None:
+            return state.get("bases")
+
+        def drop_first(scores: Any) -> Any:
+            return scores[1:]
+
+        tower = inner.vision_tower
+        layers = getattr(tower, "vision_model", tower).encoder.layers
+        feature = feature_layer_index(config.vision_feature_layer, len(layers))
+        default = getattr(config, "vision_feature_select_strategy", "full") == "default"
+        inner.get_image_features = get_image_features
+        return [InstanceOverride(inner, "get_image_features"),
+                *hook_clip_tower(layers, 0, feature, False, sink, entries=entries,
+                                 reduce=drop_first if default else None)]
+
     @classmethod
     def processor_settings(cls, processor: Any) -> dict[str, Any]:
         return {

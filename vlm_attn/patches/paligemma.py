@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import FamilyAdapter, ImageGrid, TinySpec, register_family
+import torch
+
+from .base import FamilyAdapter, ImageGrid, TinySpec, VisionScores, concat_scores_per_run, register_family
 from .llava_onevision import tiny_siglip_config
 
 PALIGEMMA_CHAT_TEMPLATE = (
@@ -47,6 +49,35 @@ class PaliGemmaAdapter(FamilyAdapter):
         total = sum(run.length for run in image_runs(self, inputs))
         check_index(image_index, total // (side * side), "paligemma")
         return ImageGrid(start=image_index * side * side, shape=(side, side))
+
+    def paint_capture(self, sink: Callable[[str, list[Any]], None]) -> list[Any]:
+        """PAINT on SigLIP: one `<image>` token per patch, no CLS (column-mean scores for both streams and the
+        summary, SPEC §4, ours). Layers: the first encoder layer and the last (the projector reads
+        `last_hidden_state`; PaliGemma has no `vision_feature_layer`)."""
+        from ._vision_capture import hook_clip_tower
+
+        tower = self.model.model.vision_tower
+        layers = getattr(tower, "vision_model", tower).encoder.layers
+        return hook_clip_tower(layers, 0, len(layers) - 1, False, sink)
+
+    def paint_group_scores(self, run_lengths: list[int], scores: list[VisionScores]) -> list[VisionScores]:
+        """Several images of one prompt sit back to back in one `<image>` run: their scores are joined per run, so
+        the selection ratios and the summary outliers are taken over the run's images together."""
+        return concat_scores_per_run(run_lengths, scores)
+
+    def drop_image(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **extra: Any
+    ) -> dict[str, torch.Tensor]:
+        """Base behaviour (the `<image>` tokens go; `<bos>`, the prompt and its newline stay) plus all-zero
+        `token_type_ids`: the text-only prompt is still PaliGemma's prefix, which the model attends to
+        bidirectionally at prefill, as it does with an image."""
+        out = super().drop_image(input_ids, attention_mask, **extra)
+        out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+        return out
+
+    def text_position_ids(self, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """PaliGemma's positions are 1-indexed (the model and its `generate` add 1)."""
+        return super().text_position_ids(attention_mask, new_tokens) + 1
 
     @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:

@@ -58,3 +58,9 @@ def test_calibrate_sinks_cli(tiny_env, tmp_path, capsys):
 def test_console_script_help():
     res = subprocess.run([sys.executable, "-m", "vlm_attn.cli", "generate", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--sink-dims" in res.stdout
+
+
+def test_generate_defaults_to_the_shipped_toy_model(capsys):
+    assert main(["generate", "--method", "var", "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "== var ==" in out and "visual_sinks" in out

@@ -45,8 +45,8 @@ def build_configs(args: argparse.Namespace, model: Any) -> list[Any]:
             demo = demo_settings(model)
             if demo and args.sink_dims is None and "sink_dims" not in kwargs:
                 logger.warning(
-                    "tiny random model: using its demo sink dims %s and tau %s (random weights have no massive "
-                    "activations; this shows the machinery, not quality)", demo["sink_dims"], demo["tau"],
+                    "demo model: using the sink dims %s and tau %s shipped beside it (%s)",
+                    demo["sink_dims"], demo["tau"], demo.get("note", "small models have no massive activations"),
                 )
                 kwargs.setdefault("sink_dims", tuple(demo["sink_dims"]))
                 kwargs.setdefault("tau", demo["tau"])

@@ -78,11 +78,16 @@ def _in_range(name: str, value: float, low: float, high: float, low_open: bool =
 
 
 # ------------------------------------------------------------------------------------------- math
-def sink_scores(hidden: torch.Tensor, sink_dims: tuple[int, ...], eps: float = 1e-6) -> torch.Tensor:
-    """phi(x) = max_{d in D_sink} |x_d| / RMS(x) per token: (B, T, D) -> (B, T), in fp32, weight-free RMS."""
+def sink_scores(
+    hidden: torch.Tensor, sink_dims: tuple[int, ...] | torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """phi(x) = max_{d in D_sink} |x_d| / RMS(x) per token: (B, T, D) -> (B, T), in fp32, weight-free RMS.
+
+    `sink_dims` may be a tuple or a ready index tensor on the hidden state's device (the hot path passes one).
+    """
     x = hidden.float()
     rms = torch.sqrt(x.pow(2).mean(dim=-1) + eps)
-    dims = torch.tensor(sink_dims, device=x.device)
+    dims = sink_dims if isinstance(sink_dims, torch.Tensor) else torch.tensor(sink_dims, device=x.device)
     return x.index_select(-1, dims).abs().amax(dim=-1) / rms
 
 
@@ -169,6 +174,7 @@ class VARMethod(AttentionMethod):
         self.config = config
         self.name = config.name
         self.sink_dims: tuple[int, ...] = ()
+        self._dims_on: dict[torch.device, torch.Tensor] = {}  # sink dims as an index tensor, per device
         self.layers: frozenset[int] = frozenset()
 
     def bind(self, model: Any, adapter: Any, num_layers: int) -> None:
@@ -200,9 +206,14 @@ class VARMethod(AttentionMethod):
     def observe_layer_input(self, call: CallState, layer_idx: int, hidden: torch.Tensor) -> None:
         if layer_idx not in self.layers or self.config.p == 0:
             return
-        sinks = sink_scores(hidden, self.sink_dims) > self.config.tau
-        store = call.store.setdefault(self.name, {"sinks": {}, "has_visual": {}})
-        counts = call.report.setdefault(self.name, _empty_report(self.num_layers, hidden.device))
+        dims = self._dims_on.get(hidden.device)
+        if dims is None:
+            dims = self._dims_on[hidden.device] = torch.tensor(self.sink_dims, device=hidden.device)
+        sinks = sink_scores(hidden, dims) > self.config.tau
+        if self.name not in call.store:
+            call.store[self.name] = {"sinks": {}, "has_visual": {}}
+            call.report[self.name] = _empty_report(self.num_layers, hidden.device)
+        store, counts = call.store[self.name], call.report[self.name]
         if call.prefill or layer_idx not in store["sinks"]:
             store["sinks"][layer_idx] = sinks
             store["has_visual"][layer_idx] = (sinks & call.image_mask).any(dim=1)

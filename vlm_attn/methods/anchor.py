@@ -13,6 +13,7 @@ temporary engine carries the capture alone and is removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -144,11 +145,8 @@ def capture_anchor_map(
 
         stopper = engine.layers[layer].register_forward_hook(stop)
     try:
-        with torch.no_grad():
-            try:
-                model(**inputs, use_cache=False)
-            except _AnchorReached:
-                pass
+        with torch.no_grad(), contextlib.suppress(_AnchorReached):  # the stop hook ends the forward early
+            model(**inputs, use_cache=False)
         call = engine.call
         store = call.store.get(capture.name) if call is not None else None
     finally:

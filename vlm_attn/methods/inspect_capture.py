@@ -13,6 +13,7 @@ unsteered row). :func:`capture_rows` runs one such pass, temporarily swapping th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -98,11 +99,8 @@ def capture_rows(
 
     stopper = engine.layers[max(capture.layers)].register_forward_hook(stop)
     try:
-        with torch.no_grad():
-            try:
-                model(**inputs, use_cache=False)
-            except _LastLayerDone:
-                pass
+        with torch.no_grad(), contextlib.suppress(_LastLayerDone):  # the stop hook ends the forward early
+            model(**inputs, use_cache=False)
         call = engine.call
     finally:
         stopper.remove()

@@ -34,23 +34,6 @@ def logits(model, batch):
 
 
 @pytest.mark.parametrize("family", CORE_FAMILIES)
-def test_passthrough_and_remove_are_bitwise(load, family):
-    model, proc = load(family)
-    batch = inputs(proc)
-    ref = logits(model, batch)
-    with vlm_attn.apply(model, []):
-        assert torch.equal(logits(model, batch), ref)
-    with vlm_attn.apply(model, vlm_attn.VARConfig(p=0.0, **VAR)):
-        assert torch.equal(logits(model, batch), ref)
-    handle = vlm_attn.apply(model, vlm_attn.VARConfig(**VAR))
-    assert not torch.equal(logits(model, batch), ref)
-    handle.remove()
-    assert torch.equal(logits(model, batch), ref)
-    assert model.config.text_config._attn_implementation == "sdpa"
-    assert not model._forward_pre_hooks
-
-
-@pytest.mark.parametrize("family", CORE_FAMILIES)
 def test_var_changes_only_rows_after_the_image(load, family):
     model, proc = load(family)
     batch = inputs(proc)

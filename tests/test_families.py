@@ -74,6 +74,7 @@ def test_passthrough_and_remove_are_bitwise(load, family):
     assert not torch.equal(logits(model, batch), ref)
     handle.remove()
     assert torch.equal(logits(model, batch), ref)
+    assert model.config.get_text_config()._attn_implementation == "sdpa"
     assert not model._forward_pre_hooks
 
 

@@ -10,6 +10,7 @@ works where torchvision is installed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -62,14 +63,13 @@ class ImageOnlyProcessorFamily(FamilyAdapter):
         from transformers import AutoImageProcessor, AutoTokenizer
 
         settings = json.loads(Path(path, SETTINGS_FILE).read_text())
-        try:
-            from transformers import AutoProcessor
+        from transformers import AutoProcessor
 
+        # The full processor where torchvision is installed; the image-only one otherwise.
+        with contextlib.suppress(ImportError, AttributeError, OSError, ValueError, TypeError):
             processor = AutoProcessor.from_pretrained(path, **settings)
             if getattr(processor, "video_processor", None) is not None:
                 return processor
-        except (ImportError, AttributeError, OSError, ValueError, TypeError):
-            pass
         template = json.loads(Path(path, "chat_template.json").read_text())["chat_template"]
         return cls.assemble(
             AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), template, settings

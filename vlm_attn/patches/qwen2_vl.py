@@ -7,6 +7,7 @@ image-only processor assembled from its tokenizer and PIL image processor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -78,6 +79,7 @@ class Qwen2VLAdapter(FamilyAdapter):
     known_sink_dims = {"qwen2-vl-7b": (3584, (458, 2570))}
     model_class_name = "Qwen2VLForConditionalGeneration"
     config_class_name = "Qwen2VLConfig"
+    processor_class_name = "Qwen2VLProcessor"
     fixed_focal_side = 224  # SPEC §5: the Funnel's focal side for Qwen-VL (dynamic resolution, no fixed input size)
 
     def image_grid(self, inputs: Any, image_index: int = 0) -> ImageGrid:
@@ -219,12 +221,16 @@ class Qwen2VLAdapter(FamilyAdapter):
 
     @classmethod
     def load_tiny_processor(cls, path: str) -> Any:
-        from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLProcessor
+        import transformers
+        from transformers import AutoImageProcessor, AutoTokenizer
 
-        try:
-            return super().load_tiny_processor(path)
-        except (ImportError, AttributeError, OSError, ValueError, TypeError):
-            template = json.loads(Path(path, "chat_template.json").read_text())["chat_template"]
-            return image_only_processor(
-                Qwen2VLProcessor, AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), template
-            )
+        # The full processor where torchvision is installed; the image-only one otherwise.
+        with contextlib.suppress(ImportError, AttributeError, OSError, ValueError, TypeError):
+            processor = super().load_tiny_processor(path)
+            if getattr(processor, "video_processor", None) is not None:
+                return processor
+        template = json.loads(Path(path, "chat_template.json").read_text())["chat_template"]
+        return image_only_processor(
+            getattr(transformers, cls.processor_class_name), AutoImageProcessor.from_pretrained(path),
+            AutoTokenizer.from_pretrained(path), template,
+        )

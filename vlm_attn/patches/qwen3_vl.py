@@ -8,8 +8,6 @@ processor (torchvision), so the tiny model's processor is assembled without it.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Callable
 
 from .base import TinySpec, register_family
@@ -22,6 +20,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     known_sink_dims = {}
     model_class_name = "Qwen3VLForConditionalGeneration"
     config_class_name = "Qwen3VLConfig"
+    processor_class_name = "Qwen3VLProcessor"
     # Funnel / ViCrop: `image_grid` is Qwen2-VL's, read from `image_grid_thw` (counted in 16-pixel patches here):
     # (h / 2, w / 2) merged tokens of 32 pixels. No published anchor layer; the focal side keeps the Qwen-VL value
     # of SPEC §5 (224 px = 7 x 7 merged tokens here), ours for Qwen3-VL.
@@ -68,18 +67,3 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             vision_end_token_id=ids["<|vision_end|>"],
         )
         return TinySpec(config=config, processor=processor, model_class=Qwen3VLForConditionalGeneration)
-
-    @classmethod
-    def load_tiny_processor(cls, path: str) -> Any:
-        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen3VLProcessor
-
-        try:  # works where torchvision is installed
-            processor = AutoProcessor.from_pretrained(path)
-            if getattr(processor, "video_processor", None) is not None:
-                return processor
-        except (ImportError, AttributeError, OSError, ValueError, TypeError):
-            pass
-        template = json.loads(Path(path, "chat_template.json").read_text())["chat_template"]
-        return image_only_processor(
-            Qwen3VLProcessor, AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), template
-        )

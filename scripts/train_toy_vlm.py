@@ -6,13 +6,15 @@ eval) treats it like any checkpoint. It learns two tasks from the toy set made b
 
 - captioning ("Please describe this image in detail." -> a caption naming every object), which carries the
   set's co-occurrence bias (fork -> knife, car -> traffic light, ...), i.e. a language prior to hallucinate from;
-- object questions ("Is there a X in the image?" -> "yes" / "no"), POPE-style, half present and half absent.
+- object questions ("Is there a X in the image?" -> "yes" / "no"), POPE-style, half present and half absent:
+  one per image by default (--questions 1, alternating yes and no), so that two thirds of the compute goes to
+  captions; a 7-minute comparison gave caption recall 0.46 with one question per image against 0.39 with two.
 
 Training stops after --minutes of wall time (or --steps), with a progress bar; the result is saved with
 `save_pretrained` (weights + processor). Usage:
 
     python scripts/make_toy_coco.py --out toy_coco
-    python scripts/train_toy_vlm.py --data toy_coco --out toy_vlm --minutes 25
+    python scripts/train_toy_vlm.py --data toy_coco --out toy_vlm --minutes 28.5
 """
 
 from __future__ import annotations
@@ -101,15 +103,19 @@ def encode(processor, prompt: str, answer: str, n_image: int) -> tuple[list[int]
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
 
-def make_examples(processor, files, objects, captions, categories, n_image, rng):
-    """(image_id, ids, labels) for every caption and two object questions per image."""
+def make_examples(processor, files, objects, captions, categories, n_image, rng, questions=1):
+    """(image_id, ids, labels) for every caption and `questions` (1 or 2) object questions per image.
+
+    With one question, images alternate between a present ("yes") and an absent ("no") object.
+    """
     examples = []
-    for image_id in sorted(files):
+    for k, image_id in enumerate(sorted(files)):
         for cap in captions[image_id]:
             examples.append((image_id, *encode(processor, CAPTION_PROMPT, cap, n_image)))
         present = sorted(objects[image_id])
         absent = [c for c in categories if c not in objects[image_id]]
-        for obj, ans in ((rng.choice(present), "yes"), (rng.choice(absent), "no")):
+        pairs = [(rng.choice(present), "yes"), (rng.choice(absent), "no")]
+        for obj, ans in (pairs if questions == 2 else [pairs[k % 2]]):
             examples.append((image_id, *encode(processor, QUESTION.format(obj=obj), ans, n_image)))
     return examples
 
@@ -118,14 +124,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="toy COCO root written by make_toy_coco.py")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget for the training loop")
+    ap.add_argument("--minutes", type=float, default=28.5,
+                    help="wall-clock budget for the training loop (28.5 keeps the whole run within 30 minutes)")
     ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: only the time budget)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--questions", type=int, choices=(1, 2), default=1,
+                    help="yes/no object questions per image (beside its captions)")
     ap.add_argument("--init", default=None, help="continue from a model saved by this script (weights + processor)")
     args = ap.parse_args(argv)
+    launched = time.perf_counter()  # the whole run (tokenizer, preprocessing, training, saving) is what issue 7 times
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
@@ -145,7 +155,7 @@ def main(argv=None) -> int:
         processor = build_processor(words.split() + ["?", ".", ",", ":", "{obj}"])
         model = build_model(processor).train()
     n_image = (IMAGE_SIZE // PATCH) ** 2
-    examples = make_examples(processor, files, objects, captions, categories, n_image, rng)
+    examples = make_examples(processor, files, objects, captions, categories, n_image, rng, args.questions)
     ids_sorted = sorted(files)
     index = {i: k for k, i in enumerate(ids_sorted)}
     pixels = []
@@ -195,7 +205,7 @@ def main(argv=None) -> int:
     (out / "training.json").write_text(json.dumps({
         "data": str(root), "steps": step, "minutes": (time.perf_counter() - start) / 60, "final_loss_ema": ema,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "examples": len(examples),
-        "init": args.init,
+        "init": args.init, "questions_per_image": args.questions, "total_minutes": (time.perf_counter() - launched) / 60,
     }, indent=2))
     sys.stdout.write(f"trained {step} steps, loss {ema:.3f}; saved to {out}\n")
     return 0

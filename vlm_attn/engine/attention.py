@@ -34,9 +34,12 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _grouped_matmul(a: torch.Tensor, b: torch.Tensor, kv_heads: int) -> torch.Tensor:
-    """(B, H, R, X) @ (B, Hkv, X, Y) -> (B, H, R, Y) without repeating the shared KV heads (GQA)."""
+    """(B, H, R, X) @ (B, Hkv, X, Y) -> (B, H, R, Y) without repeating the shared KV heads (GQA).
+
+    One `bmm` on 3-D views: the few-row decode case is dominated by per-op cost, not by the product itself.
+    """
     batch, heads, rows, x = a.shape
-    out = a.reshape(batch, kv_heads, (heads // kv_heads) * rows, x) @ b
+    out = torch.bmm(a.reshape(batch * kv_heads, (heads // kv_heads) * rows, x), b.reshape(batch * kv_heads, x, -1))
     return out.view(batch, heads, rows, b.shape[-1])
 
 
@@ -60,8 +63,11 @@ def _row_mask(
 def _gather_row_set(wanted: torch.Tensor, view: LayerView) -> RowSet:
     """Pad per-sample row lists (from a (B, Q) bool) to a common length R."""
     if wanted.shape[1] == 1:  # decode step: the one row, no sort and no host sync
-        index = torch.zeros_like(wanted, dtype=torch.long)
-        return RowSet(index=index, valid=wanted, positions=view.query_pos[index], own=wanted)
+        index = view.parts.get("decode_index")
+        if index is None:  # once per forward, shared by the layers
+            index = view.parts["decode_index"] = torch.zeros_like(wanted, dtype=torch.long)
+            view.parts["decode_positions"] = view.query_pos[index]
+        return RowSet(index=index, valid=wanted, positions=view.parts["decode_positions"], own=wanted)
     counts = wanted.sum(dim=1)
     r = int(counts.max())
     # Stable sort puts wanted rows first, in order; padding repeats them (never written back).
@@ -80,18 +86,19 @@ def steered_attention(
     scaling: float | None = None,
     *,
     base: Callable[..., tuple[torch.Tensor, Any]],
+    base_returns_weights: bool = True,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """Run `base` for all heads; recompute and overwrite the (head, row) pairs that active methods edit.
 
     Scores are computed like eager attention (matmul in the model dtype, softmax in fp32). Decode steps (one query
     row) take a path with no host synchronisation; with no method asking for a row the base output is returned
-    untouched (bitwise pass-through).
+    untouched (bitwise pass-through). At a decode step whose row is recomputed in every sample, a base that returns
+    no weights (SDPA) is not run at all: the explicit path gives every head, edited or not (eager-equal numerics).
     """
-    out, weights = base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     engine = getattr(module, ENGINE_ATTR, None)
     if engine is None or engine.call is None or not engine.methods or engine.paused:
-        return out, weights
+        return base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     batch, heads, q_len, dim = query.shape
     kv_len = key.shape[2]
     view = engine.layer_view(module.layer_idx, q_len, kv_len)
@@ -99,7 +106,11 @@ def steered_attention(
     if q_len > 1:
         asked = [(m, r) for m, r in asked if bool(r.any())]
     if not asked:
-        return out, weights
+        return base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    # A decode step whose one row is recomputed in every sample: the explicit path yields every head's output
+    # (edited or not), so the base SDPA call would only be overwritten.
+    whole = q_len == 1 and not base_returns_weights and any(m.decode_rows_cover_all(view) for m, _ in asked)
+    out, weights = (None, None) if whole else base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
     wanted = asked[0][1]
     for _, r in asked[1:]:
@@ -111,27 +122,45 @@ def steered_attention(
     softcap = kwargs.get("softcap")
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    if attention_mask is not None or q_len > 1:  # a decode row with no mask sees every key
+    if q_len > 1:
         scores = scores + _row_mask(attention_mask, rows, view, batch, kv_len)
+    elif attention_mask is not None:  # (a decode row with no mask sees every key)
+        # the layers of one forward share their mask tensor (one per layer type): convert each once
+        masks = view.parts.setdefault("decode_masks", {})
+        cached = masks.get(id(attention_mask))
+        if cached is None or cached[0] is not attention_mask:
+            cached = masks[id(attention_mask)] = (attention_mask, _row_mask(attention_mask, rows, view, batch, kv_len))
+        scores = scores + cached[1]
 
-    changed = torch.zeros(batch, heads, rows.index.shape[1], dtype=torch.bool, device=query.device)
-    per_method = []
-    for method, r in asked:
-        own = (r.gather(1, rows.index) if q_len > 1 else r) & rows.valid
-        per_method.append((method, RowSet(rows.index, rows.valid, rows.positions, own)))
+    if len(asked) == 1:  # one method: its rows are the gathered rows (no per-method narrowing needed)
+        per_method = [(asked[0][0], rows)]
+    else:
+        per_method = []
+        for method, r in asked:
+            own = (r.gather(1, rows.index) if q_len > 1 else r) & rows.valid
+            per_method.append((method, RowSet(rows.index, rows.valid, rows.positions, own)))
+    changed: torch.Tensor | None = None
     for method, rs in per_method:
         res = method.edit_logits(view, rs, scores)
         if res is not None:
             scores, ch = res
-            changed |= ch & rs.own[:, None, :]
+            ch = ch & rs.own[:, None, :]
+            changed = ch if changed is None else changed | ch
     probs = torch.softmax(scores, dim=-1)
     for method, rs in per_method:
         res = method.edit_probs(view, rs, probs)
         if res is not None:
             probs, ch = res
-            changed |= ch & rs.own[:, None, :]
+            ch = ch & rs.own[:, None, :]
+            changed = ch if changed is None else changed | ch
 
-    new = _grouped_matmul(probs.to(value.dtype), value, value.shape[1]).to(out.dtype).transpose(1, 2)
+    if changed is None:  # the methods only looked (capture passes)
+        return (out, weights) if out is not None else base(
+            module, query, key, value, attention_mask, scaling=scaling, **kwargs
+        )
+    new = _grouped_matmul(probs.to(value.dtype), value, value.shape[1]).to(query.dtype).transpose(1, 2)
+    if out is None:  # every head of the decode row was rewritten
+        return new, None
     keep = changed.transpose(1, 2)[..., None]  # (B, R, H, 1)
     if q_len == 1:
         return torch.where(keep, new, out), weights
@@ -147,7 +176,8 @@ def steered_attention(
 
 def _sdpa_steered(module, query, key, value, attention_mask, scaling=None, **kwargs):
     return steered_attention(
-        module, query, key, value, attention_mask, scaling, base=sdpa_attention_forward, **kwargs
+        module, query, key, value, attention_mask, scaling, base=sdpa_attention_forward, base_returns_weights=False,
+        **kwargs,
     )
 
 

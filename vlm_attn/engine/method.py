@@ -42,15 +42,16 @@ class CallState:
         return self._cache["first_image"]
 
     def to_key_slots(self, per_position: torch.Tensor, kv_len: int) -> torch.Tensor:
-        """Map a (B, T) flag over absolute positions to key slots (B, K).
+        """Map a (B, T, ...) tensor over absolute positions to key slots (B, K, ...).
 
         A dynamic cache holds the last `kv_len` positions; a static cache is longer than the sequence and slot j is
-        position j (slots past the sequence are empty and masked by the caller's mask).
+        position j (slots past the sequence are empty, filled with False / 0, and masked by the caller's mask).
         """
         t = per_position.shape[1]
         if kv_len <= t:
             return per_position[:, t - kv_len :]
-        return torch.nn.functional.pad(per_position, (0, kv_len - t), value=False)
+        pad = [0, 0] * (per_position.dim() - 2) + [0, kv_len - t]
+        return torch.nn.functional.pad(per_position, pad, value=False if per_position.dtype == torch.bool else 0.0)
 
     def view_parts(self, q_len: int, kv_len: int) -> dict[str, torch.Tensor]:
         """Per-forward tensors shared by every layer's view (computed once per (q_len, kv_len))."""
@@ -71,14 +72,20 @@ class CallState:
             }
         return self._cache[key]
 
+    def all_have_image(self) -> bool:
+        """Whether every sample of the batch holds an image token (one host sync per call, then cached)."""
+        if "all_have_image" not in self._cache:
+            self._cache["all_have_image"] = bool((self.first_image() < self.seq_len).all())
+        return self._cache["all_have_image"]
+
     def extend(self, new_mask: torch.Tensor) -> None:
         """Append the image flags of the tokens a continuation forward feeds (decode steps: all False)."""
         self.image_mask = torch.cat([self.image_mask, new_mask.to(self.image_mask.device)], dim=1)
         self.prefill = False
-        first = self._cache.get("first_image")
+        kept = {k: self._cache[k] for k in ("first_image", "all_have_image") if k in self._cache}
         self._cache.clear()
-        if first is not None and not bool(new_mask.any()):
-            self._cache["first_image"] = first  # decode tokens are text: the first image does not move
+        if not bool(new_mask.any()):
+            self._cache.update(kept)  # decode tokens are text: the first image does not move
 
 
 @dataclass
@@ -144,6 +151,23 @@ class RowSet:
     own: torch.Tensor  # (B, R) bool: the rows the method being called asked for (subset of valid)
 
 
+class Tally:
+    """Per-layer counts for reports that cost no tensor op on the hot path.
+
+    `add` keeps the flag tensor (a few bytes per head and row); the counting happens when a report is read.
+    """
+
+    def __init__(self, num_layers: int):
+        self._parts: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+
+    def add(self, layer: int, flags: torch.Tensor) -> None:
+        self._parts[layer].append(flags)
+
+    def per_layer(self) -> list[int]:
+        """Number of True (or the sum of the values) per layer."""
+        return [int(torch.cat([t.reshape(-1) for t in parts]).sum()) if parts else 0 for parts in self._parts]
+
+
 class AttentionMethod:
     """Base class of the attention methods the engine runs. Override only what the method needs.
 
@@ -151,6 +175,7 @@ class AttentionMethod:
     - `observe_layer_input` sees the hidden state of the new tokens entering each decoder layer, at prefill and at
       each decode step (only when `wants_layer_inputs` is True: otherwise no layer hook is installed).
     - `rows` says which query rows of this attention call the method edits; None means none (the fast path).
+    - `decode_rows_cover_all` lets the engine skip the base attention at decode steps where every row is redone.
     - `edit_logits` / `edit_probs` edit the gathered (B, H, R, K) fp32 tensor and return it with the (B, H, R)
       cells they changed.
     """
@@ -170,6 +195,14 @@ class AttentionMethod:
     def rows(self, view: LayerView) -> torch.Tensor | None:
         """(B, Q) bool of query rows to edit in this call, or None when the method does nothing here."""
         return None
+
+    def decode_rows_cover_all(self, view: LayerView) -> bool:
+        """Whether, at a decode step of this layer, `rows` asks for the row of every sample (no host sync per step).
+
+        When it does, the engine computes that row explicitly for every head and skips the base SDPA call, whose
+        output would be recomputed anyway. False (the default) is always safe.
+        """
+        return False
 
     def edit_logits(
         self, view: LayerView, rows: RowSet, scores: torch.Tensor

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine.method import AttentionMethod, CallState, LayerView, RowSet
+from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
 from .registry import register_method
 
 __all__ = [
@@ -287,18 +287,22 @@ class PAIMethod(AttentionMethod):
             return None
         return view.last_row()
 
+    def decode_rows_cover_all(self, view: LayerView) -> bool:
+        return view.call.all_have_image()  # the last row of every sample with an image
+
     def edit_logits(self, view: LayerView, rows: RowSet, scores: Tensor) -> tuple[Tensor, Tensor]:
         out = amplify_logits(scores, view.image_keys, self.config.alpha)
         changed = rows.own[:, None, :].expand(scores.shape[0], scores.shape[1], rows.own.shape[1])
-        counts = view.call.report.setdefault(
-            self.name, torch.zeros(self.num_layers, dtype=torch.long, device=scores.device)
-        )
-        counts[view.layer_idx] += rows.own.sum()
+        tally = view.call.report.get(self.name)
+        if tally is None:
+            tally = view.call.report[self.name] = Tally(self.num_layers)
+        tally.add(view.layer_idx, rows.own)
         return out, changed
 
     def summary(self, call: CallState) -> dict[str, Any]:
         counts = call.report.get(self.name)
         if counts is None:
             return {"active": False, "reason": "no image or alpha = 0"}
-        rows = {int(i): int(v) for i, v in enumerate(counts.tolist()) if i in self.layers}
+        per_layer = counts.per_layer()
+        rows = {i: per_layer[i] for i in sorted(self.layers)}
         return {"active": True, "alpha": self.config.alpha, "layers": sorted(self.layers), "rows_amplified": rows}

@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from ..engine.method import AttentionMethod, CallState, LayerView, RowSet
+from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
 from .registry import register_method
 
 from .heads import HeadSensitivity, head_factors
@@ -589,7 +589,7 @@ class PAINTMethod(AttentionMethod):
                 kept["summary"] += int(sel.summary.numel())
         call.report[self.name] = {
             "images": n_runs, "local_tokens": kept["local"], "summary_tokens": kept["summary"],
-            "rows": torch.zeros(self.num_layers, dtype=torch.long, device=call.image_mask.device),
+            "rows": Tally(self.num_layers),
         }
         return local, summary
 
@@ -599,6 +599,9 @@ class PAINTMethod(AttentionMethod):
         if self._columns(view) is None:
             return None
         return view.last_row()
+
+    def decode_rows_cover_all(self, view: LayerView) -> bool:
+        return view.call.all_have_image()  # the last row of every sample with an image
 
     def _alpha(self, layer: int, device: torch.device) -> float | Tensor:
         if self._head_alpha is None:
@@ -620,14 +623,15 @@ class PAINTMethod(AttentionMethod):
         changed = rows.own[:, None, :].expand(b, h, r)
         if isinstance(alpha, Tensor) and self.config.beta == 0:
             changed = changed & (alpha > 0)[None, :, None]
-        view.call.report[self.name]["rows"][view.layer_idx] += rows.own.sum()
+        view.call.report[self.name]["rows"].add(view.layer_idx, rows.own)
         return out, changed
 
     def summary(self, call: CallState) -> dict[str, Any]:
         data = call.report.get(self.name)
         if data is None:
             return {"active": False, "reason": "no image, alpha = beta = 0, or no vision scores"}
-        rows = {int(i): int(v) for i, v in enumerate(data["rows"].tolist()) if i in self.layers}
+        per_layer = data["rows"].per_layer()
+        rows = {i: per_layer[i] for i in sorted(self.layers)}
         return {
             "active": True, "alpha": self.config.alpha, "beta": self.config.beta,
             "head_modulation": self._head_alpha is not None, "images": data["images"],

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from ..engine.method import AttentionMethod, CallState, LayerView, RowSet
+from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
 from .registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,15 @@ def sink_scores(
     return x.index_select(-1, dims).abs().amax(dim=-1) / rms
 
 
-def column_sums(probs: torch.Tensor, *columns: torch.Tensor) -> torch.Tensor:
-    """Attention mass of each row on each key set, in one matmul: (B, H, R, K) x n * (B, K) -> (B, H, R, n)."""
-    sets = torch.stack(columns, dim=-1).to(probs.dtype)  # (B, K, n)
-    return probs @ sets[:, None]
+def key_sets(image_cols: torch.Tensor, sink_cols: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    """The three key sets VAR sums attention over, as one fp32 matrix (B, K) x 2 -> (B, K, 3).
+
+    Columns: image keys, visual non-sink keys, and sink keys (text and visual) scaled by p, so that one matmul with
+    the attention rows gives the image mass, the visual non-sink mass and the moved budget Omega = p * sink mass.
+    """
+    return torch.stack(
+        (image_cols.float(), (image_cols & ~sink_cols).float(), sink_cols.float() * p), dim=-1
+    )
 
 
 def image_centric(
@@ -104,12 +110,21 @@ def image_centric(
 
     probs (B, H, R, K); image_cols and sink_cols (B, K) bool.
     """
-    sums = column_sums(probs, image_cols, image_cols & ~sink_cols)
+    sums = _column_sums(probs, key_sets(image_cols, sink_cols).to(probs.dtype))
     return _is_image_centric(sums[..., 0], sums[..., 1], image_mass, rho)
 
 
+def _column_sums(probs: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """(B, H, R, K) rows x (B, K, n) key sets -> (B, H, R, n) attention mass per set, in one bmm."""
+    b, h, r, k = probs.shape
+    return torch.bmm(probs.reshape(b, h * r, k), sets).view(b, h, r, sets.shape[-1])
+
+
 def _is_image_centric(mass: torch.Tensor, non_sink: torch.Tensor, image_mass: float, rho: float) -> torch.Tensor:
-    return (mass >= image_mass) & (non_sink >= rho * mass) & (non_sink > 0)
+    ok = (mass >= image_mass) & (non_sink >= rho * mass)
+    if rho <= 0 or image_mass <= 0:  # otherwise the share test already implies a positive non-sink mass
+        ok = ok & (non_sink > 0)
+    return ok
 
 
 def redistribute(
@@ -120,34 +135,30 @@ def redistribute(
     Sink keys (text and visual) keep (1 - p) of their weight; the removed mass is added to each visual non-sink key
     j as Omega * a_j / sum_{visual non-sink} a. Row sums are preserved. Unselected rows are returned unchanged.
     """
-    vis_ns = image_cols & ~sink_cols
-    sums = column_sums(probs, sink_cols, vis_ns)
-    return _redistribute(probs, sink_cols, vis_ns, sums[..., 0], sums[..., 1], p, selected)
+    sets = key_sets(image_cols, sink_cols, p).to(probs.dtype)
+    return _redistribute(probs, sets, _column_sums(probs, sets), selected)
 
 
-def _redistribute(
-    probs: torch.Tensor,
-    sink_cols: torch.Tensor,
-    vis_ns: torch.Tensor,
-    sink_mass: torch.Tensor,
-    non_sink: torch.Tensor,
-    p: float,
-    selected: torch.Tensor,
-) -> torch.Tensor:
-    # One multiplicative factor per (row, key): 1 - p on sinks, 1 + Omega / non_sink on visual non-sinks, 1 elsewhere.
-    gain = (p * sink_mass / non_sink.clamp_min(torch.finfo(probs.dtype).tiny))[..., None]
-    factor = torch.where(sink_cols[:, None, None, :], 1.0 - p, 1.0) + vis_ns[:, None, None, :] * gain
-    return torch.where(selected[..., None], probs * factor, probs)
+def _redistribute(probs: torch.Tensor, sets: torch.Tensor, sums: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    # a_j <- a_j * (1 + delta_j) with delta = -p on sinks and Omega / (visual non-sink mass) on visual non-sinks:
+    # one (R, 2) x (2, K) product against the sets' last two columns [visual non-sink, p * sink].
+    gain = sums[..., 2] / sums[..., 1].clamp_min(torch.finfo(probs.dtype).tiny)
+    coef = torch.stack((gain, torch.full_like(gain, -1.0)), dim=-1) * selected[..., None]  # (B, H, R, 2)
+    b, h, r, k = probs.shape
+    delta = torch.bmm(coef.view(b, h * r, 2), sets[:, :, 1:].transpose(1, 2)).view(b, h, r, k)
+    return torch.addcmul(probs, probs, delta)
 
 
 def var_step(
-    probs: torch.Tensor, image_cols: torch.Tensor, sink_cols: torch.Tensor, config: VARConfig, rows: torch.Tensor
+    probs: torch.Tensor, sets: torch.Tensor, config: VARConfig, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head selection and redistribution sharing one pass of column sums; rows (B, R) limits the selection."""
-    vis_ns = image_cols & ~sink_cols
-    sums = column_sums(probs, image_cols, vis_ns, sink_cols)
+    """Head selection and redistribution sharing one matmul of column sums.
+
+    probs (B, H, R, K); sets (B, K, 3) from `key_sets(image, sinks, config.p)`; rows (B, R) limits the selection.
+    """
+    sums = _column_sums(probs, sets)
     selected = _is_image_centric(sums[..., 0], sums[..., 1], config.image_mass, config.rho) & rows[:, None, :]
-    return _redistribute(probs, sink_cols, vis_ns, sums[..., 2], sums[..., 1], config.p, selected), selected
+    return _redistribute(probs, sets, sums, selected), selected
 
 
 def load_sink_dims(path: str | Path) -> tuple[tuple[int, ...], dict[str, Any]]:
@@ -211,22 +222,24 @@ class VARMethod(AttentionMethod):
             dims = self._dims_on[hidden.device] = torch.tensor(self.sink_dims, device=hidden.device)
         sinks = sink_scores(hidden, dims) > self.config.tau
         if self.name not in call.store:
-            call.store[self.name] = {"sinks": {}, "has_visual": {}}
-            call.report[self.name] = _empty_report(self.num_layers, hidden.device)
+            call.store[self.name] = {"sets": {}, "has_visual": {}, "decode_rows": {}, "covers_all": {}}
+            call.report[self.name] = {"text_sinks": {}, "visual_sinks": {}, "rows": Tally(self.num_layers),
+                                      "heads_redistributed": Tally(self.num_layers)}
         store, counts = call.store[self.name], call.report[self.name]
-        if call.prefill or layer_idx not in store["sinks"]:
-            store["sinks"][layer_idx] = sinks
-            store["has_visual"][layer_idx] = (sinks & call.image_mask).any(dim=1)
-            counts["visual_sinks"][layer_idx] = (sinks & call.image_mask).sum()
-            counts["text_sinks"][layer_idx] = (sinks & ~call.image_mask).sum()
-        else:  # decode tokens are text: they can add text sinks (not counted in the report), never visual ones
-            store["sinks"][layer_idx] = torch.cat([store["sinks"][layer_idx], sinks], dim=1)
-
-    def _sinks(self, view: LayerView) -> tuple[torch.Tensor, torch.Tensor] | None:
-        store = view.call.store.get(self.name)
-        if store is None or view.layer_idx not in store["sinks"]:
-            return None
-        return store["sinks"][view.layer_idx], store["has_visual"][view.layer_idx]
+        sets = store["sets"]
+        if call.prefill or layer_idx not in sets:
+            image = call.image_mask
+            sets[layer_idx] = key_sets(image, sinks, self.config.p)  # over absolute positions (B, T, 3)
+            store["has_visual"][layer_idx] = (sinks & image).any(dim=1)
+            counts["visual_sinks"][layer_idx] = (sinks & image).sum()
+            counts["text_sinks"][layer_idx] = (sinks & ~image).sum()
+            store["decode_rows"].pop(layer_idx, None)
+            store["covers_all"].pop(layer_idx, None)
+        elif sinks.shape[1] == 1:  # a decode token is text: it can add a text sink (not in the report), never a visual one
+            sets[layer_idx] = torch.cat([sets[layer_idx], F.pad((sinks.float() * self.config.p)[..., None], (2, 0))], 1)
+        else:  # a multi-token continuation
+            new = key_sets(call.image_mask[:, -sinks.shape[1] :], sinks, self.config.p)
+            sets[layer_idx] = torch.cat([sets[layer_idx], new], dim=1)
 
     def sink_positions(self, call: CallState, layer_idx: int) -> torch.Tensor | None:
         """(B, T) bool over absolute positions: the sink tokens VAR found at `layer_idx` in `call`.
@@ -235,40 +248,53 @@ class VARMethod(AttentionMethod):
         Read by `vlm_attn.inspect_attention` to mark the sinks on the image grid.
         """
         store = call.store.get(self.name)
-        if store is None:
+        if store is None or layer_idx not in store["sets"]:
             return None
-        return store["sinks"].get(layer_idx)
+        return store["sets"][layer_idx][..., 2] > 0  # the p-scaled sink column (p > 0 whenever VAR looks)
 
     def rows(self, view: LayerView) -> torch.Tensor | None:
         if self.config.p == 0 or view.layer_idx not in self.layers:
             return None
-        found = self._sinks(view)
-        if found is None:
+        store = view.call.store.get(self.name)
+        if store is None or view.layer_idx not in store["sets"]:
             return None
-        return view.text_rows_after_image() & found[1][:, None]
+        has_visual = store["has_visual"][view.layer_idx]
+        if view.prefill or view.query_image.shape[1] != 1:
+            return view.text_rows_after_image() & has_visual[:, None]
+        # decode step: the one row is text after the image in every sample that has one, so the rows never change
+        rows = store["decode_rows"].get(view.layer_idx)
+        if rows is None:
+            rows = store["decode_rows"][view.layer_idx] = view.text_rows_after_image() & has_visual[:, None]
+        return rows
+
+    def decode_rows_cover_all(self, view: LayerView) -> bool:
+        """Every sample has a visual sink in this layer (checked once per layer and call)."""
+        store = view.call.store[self.name]
+        covered = store["covers_all"].get(view.layer_idx)
+        if covered is None:
+            covered = store["covers_all"][view.layer_idx] = bool(store["has_visual"][view.layer_idx].all())
+        return covered
 
     def edit_probs(
         self, view: LayerView, rows: RowSet, probs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        sinks, _ = self._sinks(view)  # type: ignore[misc]
-        sink_cols = view.call.to_key_slots(sinks, probs.shape[-1])
-        new, selected = var_step(probs, view.image_keys, sink_cols, self.config, rows.own)
+        sets = view.call.to_key_slots(view.call.store[self.name]["sets"][view.layer_idx], probs.shape[-1])
+        new, selected = var_step(probs, sets, self.config, rows.own)
         counts = view.call.report[self.name]
-        counts["rows"][view.layer_idx] += rows.own.sum()
-        counts["heads_redistributed"][view.layer_idx] += selected.sum()
+        counts["rows"].add(view.layer_idx, rows.own)
+        counts["heads_redistributed"].add(view.layer_idx, selected)
         return new, selected
 
     def summary(self, call: CallState) -> dict[str, Any]:
         counts = call.report.get(self.name)
         if counts is None:
             return {"active": False, "reason": "no image or p = 0"}
-        out: dict[str, Any] = {"active": True, "layers": sorted(self.layers)}
-        for key, values in counts.items():
-            out[key] = {int(i): int(v) for i, v in enumerate(values.tolist()) if i in self.layers}
-        out["total_heads_redistributed"] = int(counts["heads_redistributed"].sum())
+        layers = sorted(self.layers)
+        out: dict[str, Any] = {"active": True, "layers": layers}
+        for key in ("text_sinks", "visual_sinks"):
+            out[key] = {i: int(counts[key].get(i, 0)) for i in layers}
+        for key in ("rows", "heads_redistributed"):
+            per_layer = counts[key].per_layer()
+            out[key] = {i: per_layer[i] for i in layers}
+        out["total_heads_redistributed"] = sum(out["heads_redistributed"].values())
         return out
-
-
-def _empty_report(num_layers: int, device: torch.device) -> dict[str, torch.Tensor]:
-    keys = ("text_sinks", "visual_sinks", "rows", "heads_redistributed")
-    return {k: torch.zeros(num_layers, dtype=torch.long, device=device) for k in keys}

@@ -31,6 +31,7 @@ __all__ = [
     "PAIConfig",
     "PAIMethod",
     "amplify_logits",
+    "amplify_with_gain",
     "guided_logits",
     "resolve_layers",
     "validate_layers",
@@ -222,9 +223,15 @@ def amplify_logits(z: Tensor, columns: Tensor, alpha: float | Tensor) -> Tensor:
         are left unchanged so they stay masked.
     """
     _check_logits_4d(z)
-    sel = _columns_4d(columns, z) & _unmasked(z)
-    a = _coef_4d(alpha, z, "alpha")
-    return torch.where(sel, z + a * z.abs(), z)
+    return amplify_with_gain(z, (_columns_4d(columns, z) * _coef_4d(alpha, z, "alpha")).to(z.dtype))
+
+
+def amplify_with_gain(z: Tensor, gain: Tensor) -> Tensor:
+    """``z + gain * |z|`` on every unmasked key; gain (z's dtype) broadcasts to z, 0 where nothing is amplified.
+
+    The hot path of PAI and PAINT: the gain row is built once per forward and shared by the layers.
+    """
+    return torch.where(_unmasked(z), torch.addcmul(z, gain, z.abs()), z)
 
 
 def guided_logits(logits_img: Tensor, logits_noimg: Tensor, gamma: float, cutoff: float) -> Tensor:
@@ -291,7 +298,10 @@ class PAIMethod(AttentionMethod):
         return view.call.all_have_image()  # the last row of every sample with an image
 
     def edit_logits(self, view: LayerView, rows: RowSet, scores: Tensor) -> tuple[Tensor, Tensor]:
-        out = amplify_logits(scores, view.image_keys, self.config.alpha)
+        gain = view.parts.get("pai_gain")
+        if gain is None:  # once per forward: alpha on image keys, 0 elsewhere
+            gain = view.parts["pai_gain"] = _columns_4d(view.image_keys, scores) * self.config.alpha
+        out = amplify_with_gain(scores, gain)
         changed = rows.own[:, None, :].expand(scores.shape[0], scores.shape[1], rows.own.shape[1])
         tally = view.call.report.get(self.name)
         if tally is None:

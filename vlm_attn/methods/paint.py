@@ -45,7 +45,7 @@ from .pai import (
     _check_real,
     _coef_4d,
     _columns_4d,
-    _unmasked,
+    amplify_with_gain,
     resolve_layers,
     validate_layers,
 )
@@ -469,14 +469,16 @@ def paint_logit_edit(
         :func:`vlm_attn.methods.pai.amplify_logits`.
     """
     _check_logits_4d(z)
-    live = _unmasked(z)
+    return amplify_with_gain(z, paint_gain(z, local_cols, summary_cols, alpha, beta))
+
+
+def paint_gain(
+    z: Tensor, local_cols: Tensor, summary_cols: Tensor, alpha: float | Tensor, beta: float | Tensor
+) -> Tensor:
+    """Per-key amplification factor broadcastable to z: alpha on L \\ S, beta on S, 0 elsewhere."""
     summ = _columns_4d(summary_cols, z)
     loc = _columns_4d(local_cols, z) & ~summ
-    a = _coef_4d(alpha, z, "alpha")
-    b = _coef_4d(beta, z, "beta")
-    mag = z.abs()
-    out = torch.where(loc & live, z + a * mag, z)
-    return torch.where(summ & live, z + b * mag, out)
+    return (loc * _coef_4d(alpha, z, "alpha") + summ * _coef_4d(beta, z, "beta")).to(z.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -616,9 +618,12 @@ class PAINTMethod(AttentionMethod):
         if "paint_cols" not in view.parts:  # once per forward, shared by the layers
             local, summary = self._columns(view)  # type: ignore[misc]
             view.parts["paint_cols"] = (view.call.to_key_slots(local, k), view.call.to_key_slots(summary, k))
-        local_cols, summary_cols = view.parts["paint_cols"]
         alpha = self._alpha(view.layer_idx, scores.device)
-        out = paint_logit_edit(scores, local_cols, summary_cols, alpha, self.config.beta)
+        key = ("paint_gain", view.layer_idx if isinstance(alpha, Tensor) else None)
+        gain = view.parts.get(key)
+        if gain is None:  # once per forward (per layer with head modulation)
+            gain = view.parts[key] = paint_gain(scores, *view.parts["paint_cols"], alpha, self.config.beta)
+        out = amplify_with_gain(scores, gain)
         b, h, r = scores.shape[0], scores.shape[1], rows.own.shape[1]
         changed = rows.own[:, None, :].expand(b, h, r)
         if isinstance(alpha, Tensor) and self.config.beta == 0:

@@ -75,3 +75,21 @@ def test_tally_counts_flags_per_layer():
     tally.add(1, torch.tensor([[True]]))
     tally.add(2, torch.zeros(2, 4, 1, dtype=torch.bool))
     assert tally.per_layer() == [0, 3, 0]
+    for _ in range(Tally.COMPACT_EVERY * 2 + 5):  # folded into counts along the way, same totals
+        tally.add(0, torch.tensor([[True, True]]))
+    assert len(tally._parts[0]) < Tally.COMPACT_EVERY
+    assert tally.per_layer() == [2 * (Tally.COMPACT_EVERY * 2 + 5), 3, 0]
+
+
+def test_sample_without_image_stays_imageless_through_decode():
+    from vlm_attn.engine.method import CallState, LayerView
+
+    call = CallState(image_mask=torch.tensor([[False, True, True, False], [False, False, False, False]]))
+    assert call.first_image().tolist()[0] == 1
+    for _ in range(3):  # decode steps: text tokens only
+        call.extend(torch.zeros(2, 1, dtype=torch.bool))
+        parts = call.view_parts(1, call.seq_len)
+        assert parts["text_after_image"].tolist() == [[True], [False]]
+        assert not call.all_have_image()
+    view = LayerView(2, 4, call, parts)
+    assert view.last_row().tolist() == [[True], [False]]

@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..patches.base import FamilyAdapter
 
 
+NO_IMAGE = torch.iinfo(torch.long).max  # `first_image` of a sample without an image: beyond every position
+
+
 @dataclass
 class CallState:
     """Everything one `generate` (or one stand-alone forward) accumulates. Reset when the KV cache is empty."""
@@ -34,11 +37,13 @@ class CallState:
         return self.image_mask.shape[1]
 
     def first_image(self) -> torch.Tensor:
-        """(B,) position of the first image token per sample; `seq_len` (never reached) when there is none."""
+        """(B,) position of the first image token per sample; NO_IMAGE (above every position) when there is none.
+
+        Kept across decode steps, so the "none" value must stay above every later position too."""
         if "first_image" not in self._cache:
             mask = self.image_mask
             pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-            self._cache["first_image"] = torch.where(mask, pos, mask.shape[1]).min(dim=1).values
+            self._cache["first_image"] = torch.where(mask, pos, NO_IMAGE).min(dim=1).values
         return self._cache["first_image"]
 
     def to_key_slots(self, per_position: torch.Tensor, kv_len: int) -> torch.Tensor:
@@ -123,7 +128,7 @@ class LayerView:
 
     @property
     def first_image(self) -> torch.Tensor:
-        """(B,) position of each sample's first image token (seq_len when it has none)."""
+        """(B,) position of each sample's first image token (NO_IMAGE when it has none)."""
         return self.parts["first_image"]
 
     def text_rows_after_image(self) -> torch.Tensor:
@@ -160,12 +165,21 @@ class Tally:
     def __init__(self, num_layers: int):
         self._parts: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
 
+    COMPACT_EVERY = 64  # fold the kept tensors into one count now and then: long generations stay small
+
     def add(self, layer: int, flags: torch.Tensor) -> None:
-        self._parts[layer].append(flags)
+        parts = self._parts[layer]
+        parts.append(flags)
+        if len(parts) >= self.COMPACT_EVERY:
+            parts[:] = [self._total(parts).reshape(1)]
+
+    @staticmethod
+    def _total(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1).long() for t in parts]).sum()
 
     def per_layer(self) -> list[int]:
         """Number of True (or the sum of the values) per layer."""
-        return [int(torch.cat([t.reshape(-1) for t in parts]).sum()) if parts else 0 for parts in self._parts]
+        return [int(self._total(parts)) if parts else 0 for parts in self._parts]
 
 
 class AttentionMethod:

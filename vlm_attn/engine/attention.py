@@ -60,14 +60,16 @@ def _row_mask(
     return torch.where(allowed, zero, torch.finfo(torch.float32).min)
 
 
+def _decode_index(wanted: torch.Tensor, view: LayerView) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.zeros_like(wanted, dtype=torch.long)
+    return index, view.query_pos[index]
+
+
 def _gather_row_set(wanted: torch.Tensor, view: LayerView) -> RowSet:
     """Pad per-sample row lists (from a (B, Q) bool) to a common length R."""
     if wanted.shape[1] == 1:  # decode step: the one row, no sort and no host sync
-        index = view.parts.get("decode_index")
-        if index is None:  # once per forward, shared by the layers
-            index = view.parts["decode_index"] = torch.zeros_like(wanted, dtype=torch.long)
-            view.parts["decode_positions"] = view.query_pos[index]
-        return RowSet(index=index, valid=wanted, positions=view.parts["decode_positions"], own=wanted)
+        index, positions = view.shared("decode_rows", lambda: _decode_index(wanted, view))
+        return RowSet(index=index, valid=wanted, positions=positions, own=wanted)
     counts = wanted.sum(dim=1)
     r = int(counts.max())
     # Stable sort puts wanted rows first, in order; padding repeats them (never written back).

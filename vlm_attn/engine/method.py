@@ -9,7 +9,7 @@ changed; every other head and row keeps the fast SDPA output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -135,15 +135,21 @@ class LayerView:
         """(B, Q) bool: non-image query rows that come after the sample's first image token."""
         return self.parts["text_after_image"]
 
-    def last_row(self) -> torch.Tensor:
-        """(B, Q) bool: the last query row of this forward (the row that predicts the next token).
+    def shared(self, key: Any, make: Callable[[], Any]) -> Any:
+        """`make()` once per forward under `key`, then the same value for every layer (the parts dict is shared)."""
+        value = self.parts.get(key)
+        if value is None:
+            value = self.parts[key] = make()
+        return value
 
-        Computed once per forward (the parts dict is shared by every layer's view)."""
-        if "last_row" not in self.parts:
-            rows = torch.zeros_like(self.query_image)
-            rows[:, -1] = True
-            self.parts["last_row"] = rows & (self.first_image < self.call.seq_len)[:, None]
-        return self.parts["last_row"]
+    def last_row(self) -> torch.Tensor:
+        """(B, Q) bool: the last query row of this forward (the row that predicts the next token), once per forward."""
+        return self.shared("last_row", self._last_row)
+
+    def _last_row(self) -> torch.Tensor:
+        rows = torch.zeros_like(self.query_image)
+        rows[:, -1] = True
+        return rows & (self.first_image < self.call.seq_len)[:, None]
 
 
 @dataclass
@@ -162,10 +168,10 @@ class Tally:
     `add` keeps the flag tensor (a few bytes per head and row); the counting happens when a report is read.
     """
 
+    COMPACT_EVERY = 64  # fold the kept tensors into one count now and then: long generations stay small
+
     def __init__(self, num_layers: int):
         self._parts: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
-
-    COMPACT_EVERY = 64  # fold the kept tensors into one count now and then: long generations stay small
 
     def add(self, layer: int, flags: torch.Tensor) -> None:
         parts = self._parts[layer]

@@ -298,9 +298,8 @@ class PAIMethod(AttentionMethod):
         return view.call.all_have_image()  # the last row of every sample with an image
 
     def edit_logits(self, view: LayerView, rows: RowSet, scores: Tensor) -> tuple[Tensor, Tensor]:
-        gain = view.parts.get("pai_gain")
-        if gain is None:  # once per forward: alpha on image keys, 0 elsewhere
-            gain = view.parts["pai_gain"] = _columns_4d(view.image_keys, scores) * self.config.alpha
+        # alpha on image keys, 0 elsewhere: once per forward
+        gain = view.shared("pai_gain", lambda: _columns_4d(view.image_keys, scores) * self.config.alpha)
         out = amplify_with_gain(scores, gain)
         changed = rows.own[:, None, :].expand(scores.shape[0], scores.shape[1], rows.own.shape[1])
         tally = view.call.report.get(self.name)

@@ -615,14 +615,13 @@ class PAINTMethod(AttentionMethod):
 
     def edit_logits(self, view: LayerView, rows: RowSet, scores: Tensor) -> tuple[Tensor, Tensor]:
         k = scores.shape[-1]
-        if "paint_cols" not in view.parts:  # once per forward, shared by the layers
-            local, summary = self._columns(view)  # type: ignore[misc]
-            view.parts["paint_cols"] = (view.call.to_key_slots(local, k), view.call.to_key_slots(summary, k))
         alpha = self._alpha(view.layer_idx, scores.device)
-        key = ("paint_gain", view.layer_idx if isinstance(alpha, Tensor) else None)
-        gain = view.parts.get(key)
-        if gain is None:  # once per forward (per layer with head modulation)
-            gain = view.parts[key] = paint_gain(scores, *view.parts["paint_cols"], alpha, self.config.beta)
+
+        def make_gain() -> Tensor:  # L and S as key slots, then the gain row: once per forward (per layer with heads)
+            cols = view.shared("paint_cols", lambda: [view.call.to_key_slots(c, k) for c in self._columns(view)])
+            return paint_gain(scores, *cols, alpha, self.config.beta)
+
+        gain = view.shared(("paint_gain", view.layer_idx if isinstance(alpha, Tensor) else None), make_gain)
         out = amplify_with_gain(scores, gain)
         b, h, r = scores.shape[0], scores.shape[1], rows.own.shape[1]
         changed = rows.own[:, None, :].expand(b, h, r)

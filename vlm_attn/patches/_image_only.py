@@ -35,11 +35,14 @@ def assemble_processor(
 
 
 class ImageOnlyProcessorFamily(FamilyAdapter):
-    """Save/load of a tiny model's processor through its parts; subclasses say how to assemble it.
+    """Save/load of a tiny model's processor through its parts; subclasses name the class and its token attributes.
 
-    `processor_settings` lists the processor's own (JSON) settings to keep; `assemble` rebuilds the processor from
-    the parts and those settings, both at build time and on load.
+    `processor_class_name` is the transformers processor class; `processor_settings` lists its own (JSON) settings
+    to keep; `token_attributes` the attributes its `__init__` derives from the tokenizer. `assemble` rebuilds the
+    processor from the parts, both at build time and on load.
     """
+
+    processor_class_name: str  # every subclass sets it
 
     @classmethod
     def processor_settings(cls, processor: Any) -> dict[str, Any]:
@@ -47,9 +50,19 @@ class ImageOnlyProcessorFamily(FamilyAdapter):
         return {}
 
     @classmethod
+    def token_attributes(cls, tokenizer: Any) -> dict[str, Any]:
+        """The attributes the processor's `__init__` would read off the tokenizer (special tokens and their ids)."""
+        return {}
+
+    @classmethod
     def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: str, settings: dict[str, Any]) -> Any:
         """The image-only processor from its parts."""
-        raise NotImplementedError(f"{cls.__name__} must say how to assemble its processor")
+        import transformers
+
+        return assemble_processor(
+            getattr(transformers, cls.processor_class_name), image_processor, tokenizer, chat_template,
+            **cls.token_attributes(tokenizer), **settings,
+        )
 
     @classmethod
     def save_tiny_processor(cls, processor: Any, path: Any) -> None:

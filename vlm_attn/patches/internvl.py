@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from ._image_only import ImageOnlyProcessorFamily, assemble_processor
+from ._image_only import ImageOnlyProcessorFamily
 import torch
 
 from .base import ImageGrid, TinySpec, UnsupportedModelError, VisionScores, concat_scores_per_run, register_family
@@ -34,6 +34,7 @@ IMAGE_SEQ_LENGTH = int((TILE // PATCH) ** 2 * DOWNSAMPLE**2)
 
 @register_family
 class InternVLAdapter(ImageOnlyProcessorFamily):
+    processor_class_name = "InternVLProcessor"
     model_types = ("internvl",)
     known_sink_dims = INTERNVL_SINK_DIMS
 
@@ -112,15 +113,9 @@ class InternVLAdapter(ImageOnlyProcessorFamily):
         return {"image_seq_length": processor.image_seq_length}
 
     @classmethod
-    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: str, settings: dict[str, Any]) -> Any:
-        from transformers import InternVLProcessor
-
+    def token_attributes(cls, tokenizer: Any) -> dict[str, Any]:
         image_token, video_token = tokenizer.context_image_token, tokenizer.video_token
-        return assemble_processor(
-            InternVLProcessor,
-            image_processor,
-            tokenizer,
-            chat_template,
+        return dict(
             start_image_token=tokenizer.start_image_token,
             end_image_token=tokenizer.end_image_token,
             start_image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.start_image_token),
@@ -129,7 +124,6 @@ class InternVLAdapter(ImageOnlyProcessorFamily):
             video_token=video_token,
             image_token_id=tokenizer.convert_tokens_to_ids(image_token),
             multimodal_pattern=re.compile(f"(?P<image>{re.escape(image_token)})|(?P<video>{re.escape(video_token)})"),
-            **settings,
         )
 
     @classmethod

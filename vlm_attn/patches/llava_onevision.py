@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ._image_only import ImageOnlyProcessorFamily, assemble_processor
+from ._image_only import ImageOnlyProcessorFamily
 from .base import ImageGrid, TinySpec, register_family
 from .llava import tiny_text_config
 
@@ -41,6 +41,7 @@ def tiny_siglip_config(image_size: int = 48, patch_size: int = 8) -> dict[str, A
 @register_family
 class LlavaOnevisionAdapter(ImageOnlyProcessorFamily):
     model_types = ("llava_onevision",)
+    processor_class_name = "LlavaOnevisionProcessor"
 
     def image_grid(self, inputs: Any, image_index: int = 0) -> ImageGrid:
         """The base (whole-image) grid of SigLIP patches, side = image_size // patch_size (27 x 27 at 384 / 14).
@@ -130,19 +131,12 @@ class LlavaOnevisionAdapter(ImageOnlyProcessorFamily):
         }
 
     @classmethod
-    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: str, settings: dict[str, Any]) -> Any:
-        from transformers import LlavaOnevisionProcessor
-
-        return assemble_processor(
-            LlavaOnevisionProcessor,
-            image_processor,
-            tokenizer,
-            chat_template,
+    def token_attributes(cls, tokenizer: Any) -> dict[str, Any]:
+        return dict(
             image_token=tokenizer.image_token,
             video_token=tokenizer.video_token,
             image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
             video_token_id=tokenizer.convert_tokens_to_ids(tokenizer.video_token),
-            **settings,
         )
 
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ._image_only import ImageOnlyProcessorFamily, assemble_processor
+from ._image_only import ImageOnlyProcessorFamily
 from .base import TinySpec, register_family
 from .idefics3 import (
     IDEFICS_CHAT_TEMPLATE,
@@ -44,28 +44,26 @@ class VideoSamplingDefaults(dict):
 @register_family
 class SmolVLMAdapter(ImageOnlyProcessorFamily, Idefics3Adapter):
     model_types = ("smolvlm",)
+    processor_class_name = "SmolVLMProcessor"
 
     @classmethod
     def processor_settings(cls, processor: Any) -> dict[str, Any]:
         return {"image_seq_len": processor.image_seq_len}
 
     @classmethod
-    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: str, settings: dict[str, Any]) -> Any:
-        from transformers import SmolVLMProcessor
-
-        proc = assemble_processor(
-            SmolVLMProcessor,
-            image_processor,
-            tokenizer,
-            chat_template,
+    def token_attributes(cls, tokenizer: Any) -> dict[str, Any]:
+        return dict(
             fake_image_token=tokenizer.fake_image_token,
             image_token=tokenizer.image_token,
             image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
             end_of_utterance_token=tokenizer.end_of_utterance_token,
             global_image_token=tokenizer.global_image_token,
             video_token=tokenizer.video_token,
-            **settings,
         )
+
+    @classmethod
+    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: str, settings: dict[str, Any]) -> Any:
+        proc = super().assemble(image_processor, tokenizer, chat_template, settings)
         proc.video_processor = VideoSamplingDefaults()
         return proc
 

@@ -44,23 +44,81 @@ def _dtype(name: str | None) -> Any:
         raise ValueError(f"unknown dtype {name!r}: use auto, float32, float16 or bfloat16") from None
 
 
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def missing_package_message(name: str, exc: Exception) -> str:
+    """One line for a processor that cannot load because a package is missing (torchvision: how to install it)."""
+    from .patches._image_only import TORCHVISION_HINT
+
+    if "torchvision" in str(exc).lower():
+        return (f"the processor of {name!r} owns a video processor, which needs torchvision, and torchvision is not "
+                f"installed: {TORCHVISION_HINT}")
+    return f"the processor of {name!r} needs a package that is not installed: {_one_line(exc)}"
+
+
+def load_processor(name: str, config: Any = None, **hub_kwargs: Any) -> Any:
+    """The processor of a hub id or local directory: `AutoProcessor`, or, where it fails only for want of
+    torchvision (SmolVLM: or num2words), the family's image-only processor, with a warning that the video
+    processor is skipped (images and text work as with the full processor; SPEC §1).
+
+    `config` is the model config (read from `name` when not given): it names the family and the image token id.
+    A missing package with no image-only processor for the family is an `ImportError` that says what to install.
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    from .patches import _load_all  # noqa: F401
+    from .patches._image_only import ImageOnlyProcessorFamily
+    from .patches.base import _FAMILIES
+
+    try:
+        return AutoProcessor.from_pretrained(name, **hub_kwargs)
+    except (ImportError, ValueError) as exc:
+        # transformers reports a missing torchvision as ImportError (video processor class) or ValueError (auto class)
+        if isinstance(exc, ValueError) and "torchvision" not in str(exc).lower():
+            raise
+        config = config if config is not None else AutoConfig.from_pretrained(name, **hub_kwargs)
+        family = _FAMILIES.get(getattr(config, "model_type", None))
+        if not (isinstance(family, type) and issubclass(family, ImageOnlyProcessorFamily) and family.can_skip(exc)):
+            raise ImportError(missing_package_message(name, exc)) from exc
+        missing = [p for p in family.optional_packages if p in str(exc).lower()]
+        logger.warning(
+            "%s not installed: the processor of %s is loaded without its video processor (images and text work; "
+            "videos need the full processor: pip install %s)", " / ".join(missing), name, " ".join(missing),
+        )
+        return family.load_image_only_processor(name, config, **hub_kwargs)
+
+
 def load_model(name: str, device: str | None = None, dtype: str | None = None, **kwargs: Any) -> tuple[Any, Any]:
     """(model, processor) for a hub id, a local directory, `toy-vlm` (the shipped toy model) or `tiny-<family>`
-    (random weights, built offline)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    (random weights, built offline).
+
+    The config and the processor load first, so that a bad name or a missing package fails before the weights
+    load; `kwargs` go to the model's `from_pretrained` (hub settings such as `revision` to all three).
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     if name == TOY_MODEL:
         name = str(toy_model_path())
     if name.startswith(TINY_PREFIX):
         model, processor = load_tiny(name)
     else:
+        hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        model_dtype = _dtype(dtype)
         try:
-            model = AutoModelForImageTextToText.from_pretrained(name, dtype=_dtype(dtype), **kwargs)
-            processor = AutoProcessor.from_pretrained(name)
-        except (OSError, ValueError, ImportError) as exc:
+            config = AutoConfig.from_pretrained(name, **hub)
+            processor = load_processor(name, config, **hub)
+            model = AutoModelForImageTextToText.from_pretrained(name, dtype=model_dtype, **kwargs)
+        except ImportError as exc:
+            raise RuntimeError(f"could not load {name!r}: {_one_line(exc)}") from exc
+        except (OSError, ValueError) as exc:
             raise RuntimeError(
-                f"could not load {name!r}: {exc}\nPass a hub id you can reach or a local directory saved with "
-                "save_pretrained; without network, try the built-in demo model: --model tiny-llava."
+                f"could not load {name!r}: {_one_line(exc)} Pass a hub id you can reach or a local directory saved "
+                "with save_pretrained; without network, try the built-in demo model: --model tiny-llava."
             ) from exc
     if device:
         model = model.to(device)

@@ -19,7 +19,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny-"
-_RECIPE_VERSION = "3"
+_RECIPE_VERSION = "4"
 _CORPUS = (
     "a an the this that there is are of in on at to and with near next under above behind left right "
     "photo image picture scene describe detail details what where which how many color answer question using single "

@@ -1,48 +1,111 @@
 """Processors without their video processor, for families whose processor owns one (SPEC §1, torchvision notes).
 
 Every video processor in transformers 5.2x needs torchvision, and `ProcessorMixin.__init__` refuses a missing
-sub-processor, so on a machine without torchvision such a processor can be neither built nor loaded with
-`AutoProcessor`. Image and text calls never touch the video processor: an instance assembled with the attributes
-the class's own `__init__` would set works for them. Its parts are saved separately (tokenizer, image processor,
-chat template, the processor's own settings) and re-assembled on load, after trying `AutoProcessor` first (which
-works where torchvision is installed).
+sub-processor, so without torchvision `AutoProcessor` can neither build nor load such a processor. Image and text
+calls never touch the video processor, so the processor is built by its class's own `__init__` with the video
+processor left out (only the type check of that one argument is skipped): the image token, its id and the other
+special tokens come out as `AutoProcessor` would set them (tokenizer attributes such as `image_token` where the
+tokenizer has them, the processor config's settings, else the class defaults; real Qwen tokenizers have no
+`image_token`), and are checked against the model config's `image_token_id`.
+
+Used for the tiny test models and, through `vlm_attn.loading.load_processor`, for any hub id or local directory of
+these families when torchvision is missing (a warning says the video processor is skipped). Tiny models are saved
+in the checkpoint layout (tokenizer, image processor, `processor_config.json`, `chat_template.jinja`), so one loader
+serves both.
 """
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from .base import FamilyAdapter
 
-SETTINGS_FILE = "vlm_attn_processor.json"
+logger = logging.getLogger(__name__)
+
+TORCHVISION_HINT = (
+    "install torchvision built for your torch (pip install torchvision; for a CPU-only torch add "
+    "--index-url https://download.pytorch.org/whl/cpu)"
+)
 
 
 def assemble_processor(
-    processor_class: type, image_processor: Any, tokenizer: Any, chat_template: str, **attributes: Any
+    processor_class: type, image_processor: Any, tokenizer: Any, chat_template: Any, settings: dict[str, Any]
 ) -> Any:
-    """An instance of `processor_class` with no video processor, holding the given parts and attributes."""
+    """An instance of `processor_class` built by its own `__init__` with no video processor.
+
+    `ProcessorMixin.__init__` type-checks every sub-processor; the check is skipped for a `None` video processor
+    only (through an instance attribute that shadows the method during `__init__`, removed afterwards).
+    """
     proc = processor_class.__new__(processor_class)
-    proc.chat_template = chat_template
-    proc.image_processor = image_processor
-    proc.tokenizer = tokenizer
-    proc.video_processor = None
-    for name, value in attributes.items():
-        setattr(proc, name, value)
+    check = proc.check_argument_for_proper_class
+
+    def check_all_but_video(name: str, argument: Any) -> Any:
+        if name == "video_processor" and argument is None:
+            return None
+        return check(name, argument)
+
+    proc.check_argument_for_proper_class = check_all_but_video
+    try:
+        processor_class.__init__(proc, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                 chat_template=chat_template, **settings)
+    finally:
+        del proc.check_argument_for_proper_class
     return proc
 
 
-class ImageOnlyProcessorFamily(FamilyAdapter):
-    """Save/load of a tiny model's processor through its parts; subclasses name the class and its token attributes.
+def init_settings(processor_class: type, processor_dict: dict[str, Any]) -> dict[str, Any]:
+    """The processor config's entries that `processor_class.__init__` takes (not sub-processors or the template)."""
+    params = inspect.signature(processor_class.__init__).parameters
+    skip = {"self", "chat_template", *processor_class.get_attributes()}
+    return {key: value for key, value in processor_dict.items()
+            if key in params and key not in skip and params[key].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
 
-    `processor_class_name` is the transformers processor class; `processor_settings` lists its own (JSON) settings
-    to keep; `token_attributes` the attributes its `__init__` derives from the tokenizer. `assemble` rebuilds the
-    processor from the parts, both at build time and on load.
+
+def config_image_token_id(config: Any) -> int | None:
+    """The image token id a model config names (`image_token_id` or LLaVA-style `image_token_index`)."""
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def match_image_token(processor: Any, config: Any) -> None:
+    """Make the processor's image token the model config's.
+
+    The token the class derived is kept when it maps to the config's id. When the tokenizer does not know it at
+    all, the config's id decides (its token is taken from the vocabulary). Two different known tokens are an error.
+    """
+    expected = config_image_token_id(config) if config is not None else None
+    if expected is None or getattr(processor, "image_token_id", None) == expected:
+        return
+    tokenizer = processor.tokenizer
+    derived, derived_id = getattr(processor, "image_token", None), getattr(processor, "image_token_id", None)
+    token = tokenizer.convert_ids_to_tokens(expected)
+    if derived_id is not None and derived_id != tokenizer.unk_token_id:
+        raise ValueError(
+            f"the processor's image token {derived!r} is id {derived_id} but the model config's image_token_id is "
+            f"{expected} ({token!r}): the tokenizer and the model config do not belong together"
+        )
+    logger.info("image token %r (id %d) taken from the model config", token, expected)
+    processor.image_token, processor.image_token_id = token, expected
+
+
+class ImageOnlyProcessorFamily(FamilyAdapter):
+    """A family whose processor owns a video processor: loads it without one where torchvision is missing.
+
+    `processor_class_name` is the transformers processor class; `processor_settings` lists the processor's own
+    (JSON) settings a tiny model keeps in its `processor_config.json`; `assemble` builds the processor from its parts
+    (the class's own `__init__`, SmolVLM overrides); `optional_packages` are the missing packages the image-only
+    processor does without.
     """
 
     processor_class_name: str  # every subclass sets it
+    optional_packages: tuple[str, ...] = ("torchvision",)
 
     @classmethod
     def processor_settings(cls, processor: Any) -> dict[str, Any]:
@@ -50,40 +113,50 @@ class ImageOnlyProcessorFamily(FamilyAdapter):
         return {}
 
     @classmethod
-    def token_attributes(cls, tokenizer: Any) -> dict[str, Any]:
-        """The attributes the processor's `__init__` would read off the tokenizer (special tokens and their ids)."""
-        return {}
-
-    @classmethod
-    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: str, settings: dict[str, Any]) -> Any:
+    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: Any, settings: dict[str, Any]) -> Any:
         """The image-only processor from its parts."""
         import transformers
 
         return assemble_processor(
-            getattr(transformers, cls.processor_class_name), image_processor, tokenizer, chat_template,
-            **cls.token_attributes(tokenizer), **settings,
+            getattr(transformers, cls.processor_class_name), image_processor, tokenizer, chat_template, settings
         )
+
+    @classmethod
+    def can_skip(cls, error: Exception) -> bool:
+        """Whether `error` (from `AutoProcessor`) names a package the image-only processor does without."""
+        text = str(error).lower()
+        return any(package in text for package in cls.optional_packages)
+
+    @classmethod
+    def load_image_only_processor(cls, name: str, config: Any = None, **hub_kwargs: Any) -> Any:
+        """The processor of a hub id or local directory, built without its video processor.
+
+        Reads what `AutoProcessor` reads: the tokenizer, the image processor, the processor config and the chat
+        template; the image token is then matched to `config` (the model config) where given.
+        """
+        import transformers
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        processor_class = getattr(transformers, cls.processor_class_name)
+        processor_dict, _ = processor_class.get_processor_dict(name, **hub_kwargs)
+        processor = cls.assemble(
+            AutoImageProcessor.from_pretrained(name, **hub_kwargs), AutoTokenizer.from_pretrained(name, **hub_kwargs),
+            processor_dict.get("chat_template"), init_settings(processor_class, processor_dict),
+        )
+        match_image_token(processor, config)
+        return processor
 
     @classmethod
     def save_tiny_processor(cls, processor: Any, path: Any) -> None:
+        """The processor's parts in the checkpoint layout (what `save_pretrained` would write, less the video part)."""
         processor.tokenizer.save_pretrained(path)
         processor.image_processor.save_pretrained(path)
-        Path(path, "chat_template.json").write_text(json.dumps({"chat_template": processor.chat_template}))
-        Path(path, SETTINGS_FILE).write_text(json.dumps(cls.processor_settings(processor), indent=2))
+        Path(path, "chat_template.jinja").write_text(processor.chat_template)
+        settings = {"processor_class": cls.processor_class_name, **cls.processor_settings(processor)}
+        Path(path, "processor_config.json").write_text(json.dumps(settings, indent=2))
 
     @classmethod
     def load_tiny_processor(cls, path: str) -> Any:
-        from transformers import AutoImageProcessor, AutoTokenizer
+        from ..loading import load_processor
 
-        settings = json.loads(Path(path, SETTINGS_FILE).read_text())
-        from transformers import AutoProcessor
-
-        # The full processor where torchvision is installed; the image-only one otherwise.
-        with contextlib.suppress(ImportError, AttributeError, OSError, ValueError, TypeError):
-            processor = AutoProcessor.from_pretrained(path, **settings)
-            if getattr(processor, "video_processor", None) is not None:
-                return processor
-        template = json.loads(Path(path, "chat_template.json").read_text())["chat_template"]
-        return cls.assemble(
-            AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), template, settings
-        )
+        return load_processor(path)

@@ -8,7 +8,6 @@ tiny model's processor is assembled without it (see `_image_only`).
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 from ._image_only import ImageOnlyProcessorFamily
@@ -111,20 +110,6 @@ class InternVLAdapter(ImageOnlyProcessorFamily):
     @classmethod
     def processor_settings(cls, processor: Any) -> dict[str, Any]:
         return {"image_seq_length": processor.image_seq_length}
-
-    @classmethod
-    def token_attributes(cls, tokenizer: Any) -> dict[str, Any]:
-        image_token, video_token = tokenizer.context_image_token, tokenizer.video_token
-        return dict(
-            start_image_token=tokenizer.start_image_token,
-            end_image_token=tokenizer.end_image_token,
-            start_image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.start_image_token),
-            end_image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.end_image_token),
-            image_token=image_token,
-            video_token=video_token,
-            image_token_id=tokenizer.convert_tokens_to_ids(image_token),
-            multimodal_pattern=re.compile(f"(?P<image>{re.escape(image_token)})|(?P<video>{re.escape(video_token)})"),
-        )
 
     @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:

@@ -131,15 +131,6 @@ class LlavaOnevisionAdapter(ImageOnlyProcessorFamily):
         }
 
     @classmethod
-    def token_attributes(cls, tokenizer: Any) -> dict[str, Any]:
-        return dict(
-            image_token=tokenizer.image_token,
-            video_token=tokenizer.video_token,
-            image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
-            video_token_id=tokenizer.convert_tokens_to_ids(tokenizer.video_token),
-        )
-
-    @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
         from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
         from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (

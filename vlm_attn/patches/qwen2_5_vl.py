@@ -14,6 +14,7 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
     known_sink_dims = {}
     model_class_name = "Qwen2_5_VLForConditionalGeneration"
     config_class_name = "Qwen2_5_VLConfig"
+    processor_class_name = "Qwen2_5_VLProcessor"
     published_anchor_layers = {36: 22}  # Qwen2.5-VL-3B (SPEC §5)
 
     def _merged_order(self, grid_thw: Any) -> Any:

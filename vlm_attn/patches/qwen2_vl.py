@@ -1,20 +1,19 @@
 """Qwen2-VL: dynamic-resolution ViT whose 2x2 patch groups merge into one `<|image_pad|>` token; M-RoPE positions.
 
 The processor returns `mm_token_type_ids` (1 on image tokens), which the model requires with images. Its processor
-also owns a video processor, which needs torchvision: where torchvision is missing the tiny model gets an
-image-only processor assembled from its tokenizer and PIL image processor.
+also owns a video processor, which needs torchvision: where torchvision is missing, checkpoints and tiny models get
+the image-only processor of `_image_only` (real Qwen tokenizers have no `image_token` attribute: the processor
+class's default `<|image_pad|>` is checked against the config's `image_token_id`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .base import FamilyAdapter, ImageGrid, TinySpec, register_family
+from ._image_only import ImageOnlyProcessorFamily
+from .base import ImageGrid, TinySpec, register_family
 
 QWEN_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
@@ -41,24 +40,6 @@ def qwen_tokenizer(factory: Callable[..., Any]) -> Any:
     )
 
 
-def image_only_processor(processor_class: type, image_processor: Any, tokenizer: Any, chat_template: str) -> Any:
-    """A Qwen-VL processor without its video processor (which cannot be built without torchvision).
-
-    `ProcessorMixin.__init__` refuses a missing video processor, so the instance is assembled with the same
-    attributes the class's own `__init__` sets; image and text calls never touch the video processor.
-    """
-    proc = processor_class.__new__(processor_class)
-    proc.chat_template = chat_template
-    proc.image_processor = image_processor
-    proc.tokenizer = tokenizer
-    proc.video_processor = None
-    proc.image_token = tokenizer.image_token
-    proc.video_token = tokenizer.video_token
-    proc.image_token_id = tokenizer.convert_tokens_to_ids(proc.image_token)
-    proc.video_token_id = tokenizer.convert_tokens_to_ids(proc.video_token)
-    return proc
-
-
 def tiny_qwen_text(vocab_size: int) -> dict[str, Any]:
     return dict(
         hidden_size=64,
@@ -73,7 +54,7 @@ def tiny_qwen_text(vocab_size: int) -> dict[str, Any]:
 
 
 @register_family
-class Qwen2VLAdapter(FamilyAdapter):
+class Qwen2VLAdapter(ImageOnlyProcessorFamily):
     model_types = ("qwen2_vl",)
     # SPEC §2.1: Qwen2-VL-7B {458, 2570}.
     known_sink_dims = {"qwen2-vl-7b": (3584, (458, 2570))}
@@ -188,14 +169,13 @@ class Qwen2VLAdapter(FamilyAdapter):
     @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
         import transformers
-        from transformers import Qwen2VLProcessor
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         tok = qwen_tokenizer(tokenizer_factory)
         image_processor = Qwen2VLImageProcessorPil(
             min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2
         )
-        processor = image_only_processor(Qwen2VLProcessor, image_processor, tok, QWEN_CHAT_TEMPLATE)
+        processor = cls.assemble(image_processor, tok, QWEN_CHAT_TEMPLATE, {})
         ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
         text = tiny_qwen_text(len(tok)) | {"bos_token_id": None, "eos_token_id": tok.eos_token_id,
                                            "pad_token_id": tok.pad_token_id}
@@ -212,25 +192,3 @@ class Qwen2VLAdapter(FamilyAdapter):
         )
         return TinySpec(config=config, processor=processor,
                         model_class=getattr(transformers, cls.model_class_name))
-
-    @classmethod
-    def save_tiny_processor(cls, processor: Any, path: Any) -> None:
-        processor.tokenizer.save_pretrained(path)
-        processor.image_processor.save_pretrained(path)
-        Path(path, "chat_template.json").write_text(json.dumps({"chat_template": processor.chat_template}))
-
-    @classmethod
-    def load_tiny_processor(cls, path: str) -> Any:
-        import transformers
-        from transformers import AutoImageProcessor, AutoTokenizer
-
-        # The full processor where torchvision is installed; the image-only one otherwise.
-        with contextlib.suppress(ImportError, AttributeError, OSError, ValueError, TypeError):
-            processor = super().load_tiny_processor(path)
-            if getattr(processor, "video_processor", None) is not None:
-                return processor
-        template = json.loads(Path(path, "chat_template.json").read_text())["chat_template"]
-        return image_only_processor(
-            getattr(transformers, cls.processor_class_name), AutoImageProcessor.from_pretrained(path),
-            AutoTokenizer.from_pretrained(path), template,
-        )

@@ -3,7 +3,7 @@
 Deepstack adds the outputs of a few ViT layers to the hidden states *at the image positions* of the first decoder
 layers (inside the language model's forward, not through attention), so the attention seam and the image mask are
 the same as Qwen2-VL's. The ViT uses 16-pixel patches and a learned position grid. Its processor owns a video
-processor (torchvision), so the tiny model's processor is assembled without it.
+processor (torchvision), so without torchvision its processor is assembled without it (`_image_only`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import TinySpec, register_family
-from .qwen2_vl import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL, Qwen2VLAdapter, image_only_processor, qwen_tokenizer
+from .qwen2_vl import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL, Qwen2VLAdapter, qwen_tokenizer
 
 
 @register_family
@@ -34,14 +34,14 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
-        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         tok = qwen_tokenizer(tokenizer_factory)
         image_processor = Qwen2VLImageProcessorPil(
             min_pixels=128 * 128, max_pixels=160 * 160, patch_size=16, merge_size=2, temporal_patch_size=2
         )
-        processor = image_only_processor(Qwen3VLProcessor, image_processor, tok, QWEN_CHAT_TEMPLATE)
+        processor = cls.assemble(image_processor, tok, QWEN_CHAT_TEMPLATE, {})
         ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
         text = dict(
             hidden_size=64,

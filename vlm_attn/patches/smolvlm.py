@@ -2,8 +2,8 @@
 `<row_i_col_j>`, then `<global-img>`); only the `<image>` tokens are image positions.
 
 Its processor owns a video processor (torchvision) and its `__init__` also requires the `num2words` package, which
-is used only to write video prompts; the tiny model's processor is therefore assembled without either (see
-`_image_only`). `SmolVLMProcessor.apply_chat_template` reads the frame count and fps from the video processor even
+is used only to write video prompts; where either is missing the processor is assembled without both (see
+`_image_only`), with the attributes its `__init__` sets (tokenizer attributes, else the class defaults). `SmolVLMProcessor.apply_chat_template` reads the frame count and fps from the video processor even
 for image-only turns, so a small stand-in carries those two numbers.
 """
 
@@ -45,26 +45,28 @@ class VideoSamplingDefaults(dict):
 class SmolVLMAdapter(ImageOnlyProcessorFamily, Idefics3Adapter):
     model_types = ("smolvlm",)
     processor_class_name = "SmolVLMProcessor"
+    optional_packages = ("torchvision", "num2words")
 
     @classmethod
     def processor_settings(cls, processor: Any) -> dict[str, Any]:
         return {"image_seq_len": processor.image_seq_len}
 
     @classmethod
-    def token_attributes(cls, tokenizer: Any) -> dict[str, Any]:
-        return dict(
-            fake_image_token=tokenizer.fake_image_token,
-            image_token=tokenizer.image_token,
-            image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
-            end_of_utterance_token=tokenizer.end_of_utterance_token,
-            global_image_token=tokenizer.global_image_token,
-            video_token=tokenizer.video_token,
-        )
+    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: Any, settings: dict[str, Any]) -> Any:
+        """`SmolVLMProcessor.__init__` refuses to run without num2words: its attributes are set here, as it would set
+        them, and a stand-in carries the video sampling defaults its chat template reads."""
+        from transformers import SmolVLMProcessor
 
-    @classmethod
-    def assemble(cls, image_processor: Any, tokenizer: Any, chat_template: str, settings: dict[str, Any]) -> Any:
-        proc = super().assemble(image_processor, tokenizer, chat_template, settings)
+        proc = SmolVLMProcessor.__new__(SmolVLMProcessor)
+        proc.chat_template = chat_template
+        proc.image_processor, proc.tokenizer = image_processor, tokenizer
         proc.video_processor = VideoSamplingDefaults()
+        for name, default in (("fake_image_token", "<fake_token_around_image>"), ("image_token", "<image>"),
+                              ("end_of_utterance_token", "<end_of_utterance>"), ("global_image_token", "<global-img>"),
+                              ("video_token", "<video>")):
+            setattr(proc, name, getattr(tokenizer, name, default))
+        proc.image_token_id = tokenizer.convert_tokens_to_ids(proc.image_token)
+        proc.image_seq_len = settings.get("image_seq_len", 169)
         return proc
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from PIL import Image
 from vlm_attn.tiny import load_tiny, tiny_path
 
 CORE_FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The shared reference data sits beside the checkout; VLM_ATTN_SHARED points elsewhere (e.g. from a git worktree).
+SHARED = Path(os.environ.get("VLM_ATTN_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 # Tiny models need no intra-op parallelism; on shared, busy cores the spinning OpenMP threads turned a 4 ms forward
@@ -50,7 +52,7 @@ def image() -> Image.Image:
     return make_image(0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared reference data not found at {SHARED} (it sits beside the checkout in CI)")

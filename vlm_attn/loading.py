@@ -53,11 +53,11 @@ def _one_line(exc: BaseException) -> str:
 
 def missing_package_message(name: str, exc: Exception) -> str:
     """One line for a processor that cannot load because a package is missing (torchvision: how to install it)."""
-    from .patches._image_only import TORCHVISION_HINT
+    from .patches._image_only import torchvision_hint
 
     if "torchvision" in str(exc).lower():
         return (f"the processor of {name!r} owns a video processor, which needs torchvision, and torchvision is not "
-                f"installed: {TORCHVISION_HINT}")
+                f"installed: {torchvision_hint()}")
     return f"the processor of {name!r} needs a package that is not installed: {_one_line(exc)}"
 
 

@@ -26,10 +26,13 @@ from .base import FamilyAdapter
 
 logger = logging.getLogger(__name__)
 
-TORCHVISION_HINT = (
-    "install torchvision built for your torch (pip install torchvision; for a CPU-only torch add "
-    "--index-url https://download.pytorch.org/whl/cpu)"
-)
+
+def torchvision_hint() -> str:
+    """How to install torchvision: the build must match the installed torch."""
+    import torch
+
+    return (f"install the torchvision build that matches torch {torch.__version__} (pip install torchvision; for a "
+            "CPU-only torch add --index-url https://download.pytorch.org/whl/cpu)")
 
 
 def assemble_processor(

@@ -226,10 +226,15 @@ class FamilyAdapter:
         return self.image_mask(input_ids, kwargs)
 
     def pad_token_id(self) -> int:
-        """Token id used to left-pad the image-free prompt of a batch (masked out, so any valid id works)."""
+        """Token id used to left-pad the image-free prompt of a batch (masked out, so any valid id works).
+
+        An id outside the vocabulary is skipped: Idefics3's top-level config defaults to 128002 (Llama 3's), which
+        lies outside SmolVLM's 49,280-token vocabulary (its text config says 2).
+        """
+        vocab = getattr(self.text_config(), "vocab_size", None)
         for cfg in (self.config, self.text_config()):
             value = getattr(cfg, "pad_token_id", None)
-            if isinstance(value, int):
+            if isinstance(value, int) and 0 <= value < (vocab if isinstance(vocab, int) else value + 1):
                 return value
         return 0
 

@@ -2,8 +2,8 @@
 
 Each image tile (and the thumbnail, when the image is split) becomes `<img>` + n `<IMG_CONTEXT>` + `</img>`; only the
 `<IMG_CONTEXT>` tokens (`config.image_token_id`) carry image features, so only they are image positions. The tiles
-of one image are one contiguous run of context tokens. Its processor owns a video processor (torchvision), so the
-tiny model's processor is assembled without it (see `_image_only`).
+of one image are one contiguous run of context tokens. Its processor owns a video processor (torchvision), so without
+torchvision its processor is assembled without it (see `_image_only`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """LLaVA-OneVision: SigLIP + projector + Qwen2 language model, anyres tiling like LLaVA-NeXT.
 
 The base image, the tiles (unpadded) and the row-newline features all sit on `<image>` tokens, so the default image
-mask (token id match) covers them. Its processor owns a video processor (torchvision), so the tiny model's processor
-is assembled without it (see `_image_only`).
+mask (token id match) covers them. Its processor owns a video processor (torchvision), so without torchvision its
+processor is assembled without it (see `_image_only`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 
 Its processor owns a video processor (torchvision) and its `__init__` also requires the `num2words` package, which
 is used only to write video prompts; where either is missing the processor is assembled without both (see
-`_image_only`), with the attributes its `__init__` sets (tokenizer attributes, else the class defaults). `SmolVLMProcessor.apply_chat_template` reads the frame count and fps from the video processor even
-for image-only turns, so a small stand-in carries those two numbers.
+`_image_only`), with the attributes its `__init__` sets (tokenizer attributes, else the class defaults).
+`SmolVLMProcessor.apply_chat_template` reads the frame count and fps from the video processor even for image-only
+turns, so a small stand-in carries those two numbers. (SmolVLM v1 checkpoints, e.g. SmolVLM-256M-Instruct, are
+`idefics3` with an Idefics3Processor, which owns no video processor.)
 """
 
 from __future__ import annotations

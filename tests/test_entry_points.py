@@ -67,11 +67,13 @@ def method_configs(method: str, model: Any) -> list[Any]:
 class Subject:
     """One model under test: how to load it, and the CLI --model name plus the cache the CLI loads it from."""
 
-    def __init__(self, name: str, model: Any, processor: Any, cli_model: str, cache: Path | None):
+    def __init__(self, name: str, model: Any, processor: Any, cli_model: str, cache: Path | None,
+                 image: Path = IMAGE):
         self.name, self.model, self.processor, self.cli_model, self.cache = name, model, processor, cli_model, cache
+        self.image = image
 
     def batch(self) -> Any:
-        return build_inputs(self.processor, [IMAGE], [PROMPT]).to(self.model.device)
+        return build_inputs(self.processor, [self.image], [PROMPT]).to(self.model.device)
 
     def decode(self, out: torch.Tensor, prompt_len: int) -> str:
         return self.processor.batch_decode(out[:, prompt_len:], skip_special_tokens=True)[0].strip()
@@ -91,7 +93,7 @@ def subject(request: pytest.FixtureRequest, tiny_cache: Path) -> Subject:
 
 # ------------------------------------------------------------------------------------------- entry points
 def via_generate(s: Subject, method: str, tmp: Path) -> str:
-    return vlm_attn.generate(s.model, s.processor, IMAGE, PROMPT, methods=method_configs(method, s.model),
+    return vlm_attn.generate(s.model, s.processor, s.image, PROMPT, methods=method_configs(method, s.model),
                              max_new_tokens=NEW_TOKENS).text
 
 
@@ -119,7 +121,7 @@ def via_model_generate(s: Subject, method: str, tmp: Path) -> str:
 
 def via_pipeline(s: Subject, method: str, tmp: Path) -> str:
     pipe = steered_pipeline(s.model, method_configs(method, s.model), processor=s.processor)
-    messages = [{"role": "user", "content": [{"type": "image", "image": str(IMAGE)},
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(s.image)},
                                              {"type": "text", "text": PROMPT}]}]
     try:
         out = pipe(text=messages, max_new_tokens=NEW_TOKENS, do_sample=False, return_full_text=False)
@@ -129,7 +131,7 @@ def via_pipeline(s: Subject, method: str, tmp: Path) -> str:
 
 
 def via_eval(s: Subject, method: str, tmp: Path) -> str:
-    records = run_samples(s.model, s.processor, [Sample(id="0", prompt=PROMPT, image=IMAGE)], tmp / "run",
+    records = run_samples(s.model, s.processor, [Sample(id="0", prompt=PROMPT, image=s.image)], tmp / "run",
                           settings={"task": "test"}, configs=method_configs(method, s.model), batch_size=1,
                           max_new_tokens=NEW_TOKENS, progress=False)
     assert records is not None and "error" not in records[0], records
@@ -155,7 +157,7 @@ def _method_args(method: str, tmp: Path) -> list[str]:
 
 
 def via_cli(s: Subject, method: str, tmp: Path, capsys: Any, monkeypatch: Any) -> str:
-    out = _cli(s, ["generate", "--model", s.cli_model, "--image", str(IMAGE), "--prompt", PROMPT,
+    out = _cli(s, ["generate", "--model", s.cli_model, "--image", str(s.image), "--prompt", PROMPT,
                    "--max-new-tokens", str(NEW_TOKENS), "--no-vanilla", *_method_args(method, tmp)],
                capsys, monkeypatch)
     lines = out.splitlines()
@@ -165,7 +167,7 @@ def via_cli(s: Subject, method: str, tmp: Path, capsys: Any, monkeypatch: Any) -
 
 
 def via_inspect(s: Subject, method: str, tmp: Path, capsys: Any, monkeypatch: Any) -> str:
-    out = _cli(s, ["inspect", "--model", s.cli_model, "--image", str(IMAGE), "--prompt", PROMPT, "--answer",
+    out = _cli(s, ["inspect", "--model", s.cli_model, "--image", str(s.image), "--prompt", PROMPT, "--answer",
                    "--json", "--max-new-tokens", str(NEW_TOKENS), "--out", str(tmp / "look.png"),
                    *_method_args(method, tmp)], capsys, monkeypatch)
     return json.loads(out[: out.rindex("\nwrote ")])["answer"]
@@ -294,3 +296,38 @@ def test_guidance_refuses_what_it_cannot_run_before_generating():
     with pytest.raises(ValueError, match="different ones.*guidance=False"):
         vlm_attn.apply(model, [vlm_attn.PAIConfig(), vlm_attn.PAINTConfig(gamma=2.0)])
     assert not hasattr(model, "_vlm_attn_handle")
+
+
+def test_transparent_image_is_the_same_picture_everywhere(tmp_path: Path, capsys, monkeypatch):
+    """An RGBA picture reaches the model composited over white through every entry point (paths and PIL alike)."""
+    import numpy as np
+    from PIL import Image
+
+    from vlm_attn.prompting import load_image
+
+    rng = np.random.RandomState(5)
+    pixels = (rng.rand(90, 120, 4) * 255).astype("uint8")
+    pixels[:45, :, 3] = 0  # the top half fully transparent: white once composited, its RGB noise if alpha is dropped
+    rgba = Image.fromarray(pixels, "RGBA")
+    path = tmp_path / "rgba.png"
+    rgba.save(path)
+    white = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    assert np.array_equal(np.asarray(load_image(path)), np.asarray(white))
+    assert np.array_equal(np.asarray(load_image(rgba)), np.asarray(white))
+
+    model, processor = load_model("toy-vlm")
+    subject = Subject("toy-vlm", model, processor, "toy-vlm", None, image=path)
+    # transformers' pipeline opens image files itself and drops the alpha channel: it gets the PIL image instead
+    plain_paths = {k: v for k, v in ATTENTION_ONLY.items() if k != "pipeline"}
+    texts = {name: run(subject, "pai", tmp_path / name.replace(" ", "_")) for name, run in
+             {**EVERY_METHOD, **plain_paths}.items()}
+    pipe = steered_pipeline(model, vlm_attn.PAIConfig(), processor=processor)
+    try:
+        texts["pipeline, PIL image"] = pipe(text=_messages(rgba, PROMPT), max_new_tokens=NEW_TOKENS,
+                                            return_full_text=False)[0]["generated_text"].strip()
+    finally:
+        pipe.vlm_attn_handle.remove()
+    texts.update({name: run(subject, "pai", tmp_path, capsys, monkeypatch) for name, run in CLI_ENTRY_POINTS.items()})
+    texts["PIL image"] = vlm_attn.generate(model, processor, rgba, PROMPT, methods=[vlm_attn.PAIConfig()],
+                                           max_new_tokens=NEW_TOKENS).text
+    assert len(set(texts.values())) == 1, {k: v for k, v in texts.items() if v != texts["vlm_attn.generate"]}

@@ -1,11 +1,11 @@
 """vlm-attn: training-free attention steering for HuggingFace vision-language models.
 
     handle = vlm_attn.apply(model, vlm_attn.VARConfig())
-    out = model.generate(**inputs)
+    out = vlm_attn.steered_generate(model, **inputs)   # model.generate + what the methods need (PAI/PAINT guidance)
     handle.report(); handle.remove()
 """
 
-from .api import Handle, apply, remove
+from .api import Handle, apply, remove, steered_generate
 from .generation import GenerationResult, funnel_decide, generate, vicrop_decide
 from .inspection import Inspection, LayerInspection, inspect_attention
 from .methods.funnel import FunnelConfig
@@ -17,5 +17,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FunnelConfig", "GenerationResult", "Handle", "HeadSensitivity", "Inspection", "LayerInspection", "PAIConfig", "PAINTConfig", "UnsupportedModelError", "VARConfig", "ViCropConfig", "apply",
-    "funnel_decide", "generate", "inspect_attention", "remove", "supported_families", "vicrop_decide", "__version__",
+    "funnel_decide", "generate", "inspect_attention", "remove", "steered_generate", "supported_families", "vicrop_decide", "__version__",
 ]

@@ -1,4 +1,4 @@
-"""The public verbs: `apply` methods to a model (and `remove` them), load a model, build prompts.
+"""The public verbs: `apply` methods to a model (and `remove` them), and `steered_generate` with them.
 
 `apply` never subclasses or rewraps the user's model: `model.generate` stays the same function, the language model's
 attention implementation name is switched and two hooks are added; `Handle.remove` undoes exactly that.
@@ -7,7 +7,7 @@ attention implementation name is switched and two hooks are added; `Handle.remov
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from torch import nn
 
@@ -43,13 +43,13 @@ class Handle:
         """What each method did during the latest generate/forward call: sinks per layer, rows and heads edited."""
         return self.engine.report()
 
-    def logits_processor(self, inputs: Any) -> Any:
-        """A `LogitsProcessorList` for this `generate` call: PAI's image-free guidance when a config asks for it.
+    def logits_processor(self, inputs: Mapping[str, Any]) -> Any:
+        """A `LogitsProcessorList` for one `generate` call on `inputs`: what the applied configs need.
 
-        Pass it to an unchanged `model.generate(**inputs, logits_processor=handle.logits_processor(inputs))`;
-        build a new one for each call (it holds the image-free pass's own cache). The list is empty when no
-        config has `guidance=True` (VAR alone, or PAI/PAINT with guidance off). The first PAI/PAINT config with
-        guidance sets gamma and the cut-off.
+        That is PAI/PAINT's image-free guidance when a config has `guidance=True` (VAR alone, or PAI/PAINT with
+        guidance off, give an empty list). Pass it to an unchanged
+        `model.generate(**inputs, logits_processor=handle.logits_processor(inputs))`, a new one for each call (it
+        holds the image-free pass's own cache); `steered_generate` does exactly this.
         """
         from transformers import LogitsProcessorList
 
@@ -61,20 +61,38 @@ class Handle:
         gamma, cutoff = settings
         return LogitsProcessorList([ImageFreeGuidance(self.model, inputs, gamma=gamma, cutoff=cutoff)])
 
-    def generate(self, **kwargs: Any) -> Any:
-        """`model.generate(**kwargs)` plus the logits processors these methods need (PAI/PAINT guidance).
+    def generate_kwargs(self, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """`kwargs` for `model.generate(**inputs, **kwargs)` with this handle's logits processors appended.
 
-        Takes exactly what `model.generate` takes (processor outputs and generation settings); a `logits_processor`
-        passed in is kept and the guidance processor appended to it.
+        The caller's own `logits_processor`s come first and are kept. Guidance follows one sequence per prompt, so
+        beam search and several return sequences are refused here, before anything is generated.
         """
         from transformers import LogitsProcessorList
 
         if not self.active:
             raise RuntimeError("this handle was removed: apply the methods again before generating with them")
-        extra = self.logits_processor(kwargs)
-        if extra:
-            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), *extra])
-        return self.model.generate(**kwargs)
+        extra = self.logits_processor(inputs)
+        out = dict(kwargs)
+        if not extra:
+            return out
+        config = out.get("generation_config") or getattr(self.model, "generation_config", None)
+        for name in ("num_beams", "num_return_sequences"):
+            value = out.get(name) or getattr(config, name, None) or 1
+            if value > 1:
+                raise ValueError(
+                    f"PAI/PAINT image-free guidance runs one sequence per prompt, but generate was asked for "
+                    f"{name}={value}: use greedy or sampled decoding with one sequence, or set guidance=False"
+                )
+        out["logits_processor"] = LogitsProcessorList([*(out.get("logits_processor") or []), *extra])
+        return out
+
+    def generate(self, **kwargs: Any) -> Any:
+        """`model.generate(**kwargs)` plus the logits processors these methods need (PAI/PAINT guidance).
+
+        Takes exactly what `model.generate` takes (processor outputs and generation settings); a `logits_processor`
+        passed in is kept and the guidance processor appended to it. `vlm_attn.steered_generate` calls this.
+        """
+        return self.model.generate(**self.generate_kwargs(kwargs, kwargs))
 
     def __enter__(self) -> "Handle":
         return self
@@ -104,8 +122,11 @@ def apply(model: nn.Module, configs: Any | Iterable[Any]) -> Handle:
     """
     if getattr(model, HANDLE_ATTR, None) is not None:
         raise RuntimeError("vlm-attn methods are already applied to this model: call handle.remove() first")
+    from .methods.guidance import guidance_settings
+
     adapter = get_adapter(model)
     config_list = _as_list(configs)
+    guidance_settings(config_list)  # several guidance configs must agree (one guidance pass runs)
     methods = [build_method(c) for c in config_list]
     engine = Engine(model, adapter, methods)
     engine.install()
@@ -119,3 +140,18 @@ def remove(model: nn.Module) -> None:
     handle = getattr(model, HANDLE_ATTR, None)
     if handle is not None:
         handle.remove()
+
+
+def steered_generate(model: nn.Module, **generate_kwargs: Any) -> Any:
+    """The one generation path: `model.generate` plus whatever the methods applied to `model` need.
+
+    Every vlm-attn entry point generates through this function (`vlm_attn.generate`, the CLI, the evaluation
+    runner, `inspect --answer`; `steered_pipeline` adds the same processors through `Handle.generate_kwargs`), so
+    a method runs the same way whichever path is taken. With a handle applied it is `handle.generate(**kwargs)`
+    (PAI/PAINT guidance appended to any `logits_processor` given); without one it is plain `model.generate`.
+    Takes exactly what `model.generate` takes and returns what it returns.
+    """
+    handle = getattr(model, HANDLE_ATTR, None)
+    if handle is None:
+        return model.generate(**generate_kwargs)
+    return handle.generate(**generate_kwargs)

@@ -275,12 +275,13 @@ def generate(
             beforehand with `vlm_attn.apply` stay active for the anchoring pass and the answer.
         vqa: short-answer VQA: appends " Answer the question using a single word or phrase." to the answer prompt
             (and, for ViCrop, to both attention prompts, as its authors do).
-        max_new_tokens, generate_kwargs: passed to `model.generate` (greedy unless overridden).
+        max_new_tokens, generate_kwargs: passed to `vlm_attn.steered_generate` (greedy unless overridden), which adds
+            the logits processors the attention methods need (PAI/PAINT guidance) to any given here.
 
     Returns a `GenerationResult`: text, decision (map, entropy, boxes), the images sent and the attention report.
     Raises ValueError when the model cannot take the images of the answer turn (naming the fallbacks).
     """
-    from .api import HANDLE_ATTR, apply
+    from .api import HANDLE_ATTR, apply, steered_generate
 
     input_method, attention_configs = split_methods(methods)
     pictures = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -318,11 +319,8 @@ def generate(
             text_prompt = build_answer_prompt(prompt, vqa)
         batch = _answer_inputs(model, processor, adapter, sent, text_prompt)
         kwargs = {"do_sample": False, **generate_kwargs}
-        active = handle or getattr(model, HANDLE_ATTR, None)
-        if active is not None:  # PAI / PAINT image-free guidance (an empty list otherwise)
-            kwargs["logits_processor"] = [*(kwargs.get("logits_processor") or []), *active.logits_processor(batch)]
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, **kwargs)
+        with torch.no_grad():  # the one generation path: adds PAI / PAINT guidance when a config asks for it
+            out = steered_generate(model, **batch, max_new_tokens=max_new_tokens, **kwargs)
         text = processor.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
         active = handle or getattr(model, HANDLE_ATTR, None)
         report = active.report() if active is not None else {}

@@ -9,15 +9,19 @@ from PIL import Image, UnidentifiedImageError
 
 
 def load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
-    """An RGB PIL image from a path or an image (greyscale, palette and RGBA are converted)."""
+    """An RGB PIL image from a path or an image (greyscale, palette and RGBA are converted; transparent pixels are
+    composited over white, as the image processors and the input-level methods' crops do, so that every entry
+    point sends the model the same pixels)."""
+    from .methods.crops import to_rgb
+
     if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
+        return to_rgb(image) if image.mode != "RGB" else image
     path = os.fspath(image)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}. Pass a JPEG/PNG/WebP file or a PIL.Image.") from exc
 

@@ -63,14 +63,13 @@ def build_configs(args: argparse.Namespace, model: Any) -> list[Any]:
 
 
 def generate_text(model: Any, processor: Any, batch: Any, max_new_tokens: int) -> str:
+    """Greedy answer to one prompt through `vlm_attn.steered_generate` (with what the applied methods need)."""
     import torch
 
-    from ..api import HANDLE_ATTR
+    from ..api import steered_generate
 
-    handle = getattr(model, HANDLE_ATTR, None)  # applied methods may need logits processors (PAI/PAINT guidance)
-    extra = {"logits_processor": handle.logits_processor(batch)} if handle is not None else {}
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, **extra)
+        out = steered_generate(model, **batch, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[:, batch["input_ids"].shape[1] :]
     return processor.batch_decode(new, skip_special_tokens=True)[0].strip()
 

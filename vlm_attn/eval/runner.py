@@ -267,15 +267,20 @@ def _load(sample: Sample) -> Any:
 
 def generate_batch(model: Any, processor: Any, images: Sequence[Any], prompts: Sequence[str], max_new_tokens: int
                    ) -> list[str]:
-    """Greedy continuations of one left-padded batch (one image per prompt), special tokens removed."""
+    """Greedy continuations of one left-padded batch (one image per prompt), special tokens removed.
+
+    Generates through `vlm_attn.steered_generate`, so the methods applied to `model` run as they do everywhere else
+    (PAI / PAINT image-free guidance included).
+    """
     import torch
 
+    from ..api import steered_generate
     from ..prompting import build_inputs
 
     batch = build_inputs(processor, list(images), list(prompts))
     batch = batch.to(model.device, dtype=model.dtype)
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        out = steered_generate(model, **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
     new_tokens = out[:, batch["input_ids"].shape[1] :]
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 

@@ -200,6 +200,18 @@ def method_records(configs: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
+def guidance_record(configs: Sequence[Any]) -> dict[str, float] | None:
+    """The image-free guidance the generations ran, ``{"gamma", "cutoff"}``, or None without guidance.
+
+    Computed by the same function the one generation path (``vlm_attn.steered_generate``) builds its guidance
+    processor from, so the record is what ran.
+    """
+    from ..methods.guidance import guidance_settings
+
+    settings = guidance_settings(configs)
+    return None if settings is None else {"gamma": settings[0], "cutoff": settings[1]}
+
+
 def model_record(model: Any, model_id: str, revision: str | None = None) -> dict[str, Any]:
     """Model id, the revision asked for, the commit hash transformers resolved (when it knows it), class, dtype."""
     config = getattr(model, "config", None)
@@ -254,7 +266,7 @@ def _finish(
         **provenance,
         "seed": options.seed,
         "generation": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
-                       "padding_side": "left"},
+                       "padding_side": "left", "guidance": guidance_record(configs)},
         "n_samples": len(records),
         "errors": errors,
         "world_size": dist.world,

@@ -9,17 +9,19 @@ The image-free pass is never steered: it runs with the model's vlm-attn engine p
 main call's per-call state is neither read nor reset). Position ids are passed explicitly, so model-level position
 state (Qwen-VL's `rope_deltas`) is left alone.
 
-Use one processor per `generate` call (it holds that call's cache):
+Every vlm-attn entry point adds it through `vlm_attn.steered_generate` (the one generation path). With an unchanged
+`model.generate`, build one processor per call (it holds that call's cache):
 
     handle = vlm_attn.apply(model, vlm_attn.PAIConfig())
-    out = model.generate(**inputs, logits_processor=handle.logits_processor(inputs))
-    # or, equivalently:  out = vlm_attn.generate(model, **inputs)
+    out = vlm_attn.steered_generate(model, **inputs, max_new_tokens=64)
+    # the same with an unchanged generate:
+    out = model.generate(**inputs, max_new_tokens=64, logits_processor=handle.logits_processor(inputs))
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,7 +30,7 @@ from transformers import LogitsProcessor
 from ..patches.base import FamilyAdapter, get_adapter
 from .pai import _check_nonneg, _check_open_closed_unit, guided_logits
 
-__all__ = ["ImageFreeGuidance"]
+__all__ = ["ImageFreeGuidance", "guidance_settings"]
 
 HANDLE_ATTR = "_vlm_attn_handle"  # the attribute `vlm_attn.apply` sets on the model (see api.py)
 
@@ -101,12 +103,12 @@ class ImageFreeGuidance(LogitsProcessor):
                 input_ids=feed,
                 attention_mask=self._mask,
                 position_ids=self.adapter.text_position_ids(self._mask, feed.shape[1]),
-                past_key_values=self._cache,
+                cache=self._cache,
                 use_cache=True,
                 logits_to_keep=1,
                 **extra,
             )
-        self._cache = out.past_key_values
+        self._cache = out.cache
         self._fed = generated
         return out.logits[:, -1, :]
 
@@ -115,9 +117,18 @@ class ImageFreeGuidance(LogitsProcessor):
         return guided_logits(scores, free, self.gamma, self.cutoff).to(scores.dtype)
 
 
-def guidance_settings(configs: list[Any]) -> tuple[float, float] | None:
-    """(gamma, cutoff) of the first config that asks for guidance (PAI or PAINT), or None."""
-    for config in configs:
-        if getattr(config, "guidance", False):
-            return float(config.gamma), float(config.cutoff)
-    return None
+def guidance_settings(configs: Sequence[Any]) -> tuple[float, float] | None:
+    """(gamma, cutoff) of the configs that ask for guidance (PAI or PAINT), or None when none does.
+
+    One generation runs one image-free guidance. Several configs asking for it with different settings would leave
+    a record claiming settings that did not run, so that is an error (`vlm_attn.apply` checks it up front).
+    """
+    wanted = {(type(c).__name__, float(c.gamma), float(c.cutoff)) for c in configs if getattr(c, "guidance", False)}
+    settings = {(gamma, cutoff) for _, gamma, cutoff in wanted}
+    if len(settings) > 1:
+        shown = ", ".join(f"{name}(gamma={g}, cutoff={c})" for name, g, c in sorted(wanted))
+        raise ValueError(
+            f"one generation runs one image-free guidance, but the configs ask for different ones ({shown}): "
+            "give them the same gamma and cutoff, or set guidance=False on all but one"
+        )
+    return next(iter(settings)) if settings else None

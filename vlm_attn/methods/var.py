@@ -237,8 +237,10 @@ class VARMethod(AttentionMethod):
             image = call.image_mask
             sets[layer_idx] = key_sets(image, sinks, self.config.p)  # over absolute positions (B, T, 3)
             store["has_visual"][layer_idx] = (sinks & image).any(dim=1)
-            counts["visual_sinks"][layer_idx] = (sinks & image).sum()
-            counts["text_sinks"][layer_idx] = (sinks & ~image).sum()
+            counted = sinks if call.prompt_mask is None or call.prompt_mask.shape != sinks.shape else (
+                sinks & call.prompt_mask.to(sinks.device))  # left padding is masked out of attention: not counted
+            counts["visual_sinks"][layer_idx] = (counted & image).sum()
+            counts["text_sinks"][layer_idx] = (counted & ~image).sum()
             store["decode_rows"].pop(layer_idx, None)
             store["covers_all"].pop(layer_idx, None)
         elif sinks.shape[1] == 1:  # a decode token is text: it can add a text sink (not in the report), never a visual one

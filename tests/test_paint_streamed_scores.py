@@ -24,7 +24,7 @@ def full_map_scores(module, hidden, mask, has_cls, chunk_elements=None):
     k = k.view(n, t, heads, -1).transpose(1, 2)
     scale = getattr(module, "scale", None) or getattr(module, "scaling", None) or q.shape[-1] ** -0.5
     logits = (q @ k.transpose(-1, -2)).float() * scale
-    if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+    if vc.attention_mask_4d(mask) is not None:
         logits = logits + vc.additive_mask(mask)
     probs = torch.softmax(logits, dim=-1)
     column = probs.mean(dim=(1, 2))

@@ -83,8 +83,8 @@ def accumulate_scores(
     column: torch.Tensor,
     chunk_elements: int | None = None,
 ) -> None:
-    """Add the per-key reductions of softmax(q k^T * scale + mask), in fp32, into `first_row` and `column`, never holding more
-    than about `chunk_elements` attention entries (default `SCORE_CHUNK_ELEMENTS`).
+    """Add the per-key reductions of softmax(q k^T * scale + mask), in fp32, into `first_row` and `column`, never
+    holding more than about `chunk_elements` attention entries (default `SCORE_CHUNK_ELEMENTS`).
 
     q, k (n, heads, T, d); mask None or a boolean / additive 4-D mask broadcastable to (n, heads, T, T), converted
     to additive fp32 one block at a time. `first_row` (n, T) gets query

@@ -20,6 +20,14 @@ page-fault fresh memory, a multi-ms, state-dependent cost that a GPU's caching a
 
     python scripts/bench_overhead.py [--device cuda] [--dtype bfloat16] [--repeats 3] [--new-tokens 32]
     python scripts/bench_overhead.py --anchor    # Visual Funnel anchoring pass vs vanilla prefill vs peer style
+    python scripts/bench_overhead.py --family smolvlm [--views 3] [--interleave]   # PAINT on a tiled family
+
+`--family smolvlm` builds a random model of SmolVLM-256M's real shape (Idefics3: SigLIP 768 wide, 12 layers, 12 heads,
+512px views of 1024 patches, pixel shuffle 4 -> 64 tokens a view; Llama text 576 wide, 30 layers) and a prompt with
+`--views` views (tiles + the global view, each its own run of image tokens), and measures PAINT's prefill (one
+`generate` step) and peak memory against vanilla SDPA: each variant in a fresh process, peak = growth of peak RSS
+over its first call (CUDA: max_memory_allocated), time = best of --repeats warm calls. With --interleave the prefill
+times come from one process, variants alternating in each round (best and spread reported).
 """
 
 from __future__ import annotations
@@ -130,6 +138,156 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens:
         out["var_visual_sinks"] = sum(report["visual_sinks"].values())
         handle.remove()
     return out
+
+
+# ---------------------------------------------------------------- a tiled family: SmolVLM-256M's real shape
+SMOL_IMAGE_TOKEN, SMOL_TOKENS_PER_VIEW = 49190, 64
+
+
+def build_tiled_model(seed: int = 0):
+    """A random Idefics3 model with SmolVLM-256M-Instruct's architecture (its config.json's shapes)."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+    vision = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                  image_size=512, patch_size=16)
+    text = dict(model_type="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                num_key_value_heads=3, intermediate_size=1536, vocab_size=49280, max_position_embeddings=8192)
+    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=4, image_token_id=SMOL_IMAGE_TOKEN,
+                            pad_token_id=2, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # larger weights than the 0.02 default, so attention is not uniform
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+def make_tiled_inputs(device: str, views: int):
+    """`views` 512px views, each a run of 64 image tokens between two wrapper tokens (as the processor writes)."""
+    gen = torch.Generator().manual_seed(1)
+    parts = [torch.tensor([1]), torch.randint(3, 49000, (5,), generator=gen)]
+    for _ in range(views):
+        parts += [torch.randint(3, 49000, (2,), generator=gen), torch.full((SMOL_TOKENS_PER_VIEW,), SMOL_IMAGE_TOKEN)]
+    parts.append(torch.randint(3, 49000, (20,), generator=gen))
+    ids = torch.cat(parts)[None]
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "pixel_values": torch.randn(1, views, 3, 512, 512, generator=gen).to(device),
+            "pixel_attention_mask": torch.ones(1, views, 512, 512, dtype=torch.bool, device=device)}
+
+
+def _tiled_setup(device: str, dtype: str, views: int):
+    model = build_tiled_model().to(device=device, dtype=getattr(torch, dtype))
+    inputs = make_tiled_inputs(device, views)
+    inputs["pixel_values"] = inputs["pixel_values"].to(getattr(torch, dtype))
+    return model, inputs
+
+
+def _prefill(model, inputs, device: str) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one `generate` step (prefill, vision encoder included).
+
+    CPU seconds count this process's threads only, so other load on a shared machine moves them far less."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def run_tiled_variant(variant: str, device: str, dtype: str, repeats: int, views: int) -> dict:
+    """Peak memory of the first prefill and the best of `repeats` warm prefills, for sdpa or paint."""
+    import vlm_attn
+
+    model, inputs = _tiled_setup(device, dtype, views)
+    handle = vlm_attn.apply(model, vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=False)) if variant == "paint" else None
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:  # reset the kernel's high-water mark: the model build does not count
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_bytes("VmRSS")
+    first = _prefill(model, inputs, device)[0]
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda") else _status_bytes("VmHWM")) - base
+    runs = [_prefill(model, inputs, device) for _ in range(repeats)]
+    times, cpu = [w for w, _ in runs], [c for _, c in runs]
+    out = {"variant": variant, "first_s": first, "prefill_s": min(times), "times": times, "cpu_s": min(cpu),
+           "cpu_times": cpu, "peak_bytes": max(0, peak)}
+    if handle is not None:
+        out["method_report"] = {k: v for k, v in handle.report()["paint"].items()
+                                if k in ("active", "images", "local_tokens", "summary_tokens")}
+        handle.remove()
+    return out
+
+
+def interleaved_tiled(device: str, dtype: str, repeats: int, views: int) -> dict[str, list[tuple[float, float]]]:
+    """Prefill (wall, CPU) seconds of sdpa and paint in one process, alternating in every round (first one dropped)."""
+    import vlm_attn
+
+    model, inputs = _tiled_setup(device, dtype, views)
+    times: dict[str, list[tuple[float, float]]] = {"sdpa": [], "paint": []}
+    for round_ in range(repeats + 1):
+        for variant in times:
+            handle = (vlm_attn.apply(model, vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=False))
+                      if variant == "paint" else None)
+            t = _prefill(model, inputs, device)
+            if handle is not None:
+                handle.remove()
+            if round_ > 0:
+                times[variant].append(t)
+    return times
+
+
+def _tiled_main(args, dtype: str) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    tokens = 1 + 5 + args.views * (2 + SMOL_TOKENS_PER_VIEW) + 20
+    sys.stdout.write(f"SmolVLM-256M-shaped random model; device: {device_name}; dtype {dtype}; {args.views} views of "
+                     f"1024 patches; prompt {tokens} tokens; prefill = one generate step\n")
+    if args.interleave:
+        times = interleaved_tiled(args.device, dtype, args.repeats, args.views)
+        ref_w, ref_c = (min(t[i] for t in times["sdpa"]) for i in (0, 1))
+        sys.stdout.write(f"interleaved, {args.repeats} rounds\n| variant | best wall s | x | best CPU s | x | "
+                         "all wall s | all CPU s |\n|---|---|---|---|---|---|---|\n")
+        for v, ts in times.items():
+            w, c = min(t[0] for t in ts), min(t[1] for t in ts)
+            sys.stdout.write(f"| {v} | {w:.2f} | {w / ref_w:.3f} | {c:.2f} | {c / ref_c:.3f} | "
+                             f"{', '.join(f'{t[0]:.2f}' for t in ts)} | {', '.join(f'{t[1]:.2f}' for t in ts)} |\n")
+        return 0
+    results = []
+    ctx = mp.get_context("spawn")
+    for variant in ("sdpa", "paint"):
+        if args.device == "cpu":  # a fresh process per variant so that peak RSS is its own
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_tiled_child, args=(variant, args, dtype, queue))
+            proc.start()
+            results.append(queue.get())
+            proc.join()
+        else:
+            results.append(run_tiled_variant(variant, args.device, dtype, args.repeats, args.views))
+    if args.json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    ref = results[0]
+    sys.stdout.write("| variant | prefill wall s (best) | x | CPU s (best) | x | all wall s | peak MiB | x |\n"
+                     "|---|---|---|---|---|---|---|---|\n")
+    for r in results:
+        sys.stdout.write(f"| {r['variant']} | {r['prefill_s']:.2f} | {r['prefill_s'] / ref['prefill_s']:.3f} | "
+                         f"{r['cpu_s']:.2f} | {r['cpu_s'] / ref['cpu_s']:.3f} | "
+                         f"{', '.join(f'{t:.2f}' for t in r['times'])} | {r['peak_bytes'] / 2**20:.0f} | "
+                         f"{r['peak_bytes'] / ref['peak_bytes'] if ref['peak_bytes'] else float('nan'):.3f} |\n")
+    for r in results:
+        if "method_report" in r:
+            sys.stdout.write(f"PAINT report: {r['method_report']}\n")
+    return 0
+
+
+def _tiled_child(variant, args, dtype, queue):
+    torch.set_num_threads(args.threads) if args.threads else None
+    queue.put(run_tiled_variant(variant, args.device, dtype, args.repeats, args.views))
 
 
 ANCHOR_NAMES = {"prefill": "vanilla prefill (SDPA forward)", "anchor": "anchoring pass (vlm-attn, stops at layer)",
@@ -275,6 +433,9 @@ def main(argv=None) -> int:
     ap.add_argument("--anchor", action="store_true",
                     help="measure the Visual Funnel anchoring pass against a vanilla prefill and the peer style "
                          "(variants prefill,anchor,anchor_full,peer_attn)")
+    ap.add_argument("--family", choices=("llava", "smolvlm"), default="llava",
+                    help="smolvlm: PAINT's prefill and peak memory on a tiled family (SmolVLM-256M's shape)")
+    ap.add_argument("--views", type=int, default=3, help="--family smolvlm: image views (tiles + global view)")
     args = ap.parse_args(argv)
     if args.device == "cpu" and not args.no_malloc_tuning and argv is None and not _malloc_tuned():
         # glibc reads these at start-up only: run this script again with them set
@@ -284,6 +445,8 @@ def main(argv=None) -> int:
     if args.anchor and args.variants == "sdpa,eager,peer,var":
         args.variants = "prefill,anchor,anchor_full,peer_attn"
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.family == "smolvlm":
+        return _tiled_main(args, dtype)
     if args.interleave:
         variants = [v for v in args.variants.split(",") if v]
         if variants[0] != "sdpa":

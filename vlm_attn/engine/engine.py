@@ -125,7 +125,9 @@ class Engine:
         else:
             new_mask = self.adapter.image_mask(input_ids, kwargs)
         if past == 0 or self.call is None:
-            self.call = CallState(image_mask=new_mask)
+            mask = kwargs.get("attention_mask")
+            prompt_mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.shape == new_mask.shape else None
+            self.call = CallState(image_mask=new_mask, prompt_mask=prompt_mask)
             missing = ~new_mask.any(dim=1)
             if input_ids is not None and bool(missing.any()):
                 logger.warning(

@@ -28,6 +28,9 @@ class CallState:
 
     image_mask: torch.Tensor  # (B, T) bool: which absolute positions seen so far are image tokens
     prefill: bool = True  # whether the forward now running started from an empty cache
+    # (B, T0) bool: prompt positions that are real tokens, from the prefill's 2-D attention mask (False on left
+    # padding); None when the forward got no 2-D mask (no padding, or prepared 4-D masks)
+    prompt_mask: torch.Tensor | None = None
     store: dict[str, Any] = field(default_factory=dict)  # per-method scratch data (e.g. VAR's sinks per layer)
     report: dict[str, Any] = field(default_factory=dict)  # what the methods did, for `handle.report()`
     _cache: dict[Any, Any] = field(default_factory=dict)  # per-forward derived tensors

@@ -17,6 +17,10 @@ Decisions where the paper or code leaves room (all documented on the functions):
   0.25 and 0.05), with a 1e-9 guard against float noise; ties go to the lower index.
 * Quartiles use ``torch.quantile``'s linear interpolation (numpy's default percentile, which the official
   code uses). Outliers are strictly above ``Q3 + k * IQR``.
+* Summary tokens: every IQR outlier (the paper's rule, ``summary_rounding="paper"``). The official code turns the
+  outliers into a share ``c / n`` and keeps the top ``int(n * (c / n))`` scores, which float rounding makes ``c - 1``
+  for some counts at n = 49, 100, 196, 729 (never at 576 = LLaVA-1.5's grid); ``summary_rounding="official"``
+  reproduces that (the top-scored outliers are kept, the lowest-scored one dropped).
 * Encoders without CLS (SigLIP, Qwen-VL ViT) use the column-mean score for both streams and for the
   summary score at the feature layer (ours).
 * Merged grids (Qwen 2x2): scores are summed inside each merged token before any ranking or quartile.
@@ -60,6 +64,7 @@ __all__ = [
     "column_mean_scores",
     "local_stream",
     "merge_scores",
+    "official_summary_count",
     "paint_logit_edit",
     "select_tokens",
     "selection_to_columns",
@@ -74,6 +79,8 @@ logger = logging.getLogger(__name__)
 COLLAPSE_ALPHA: float = 0.8
 
 PatchOrder = Literal["raster", "merge_grouped"]
+SummaryRounding = Literal["paper", "official"]
+SUMMARY_ROUNDINGS: tuple[str, ...] = ("paper", "official")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,6 +96,12 @@ def _check_ratio(name: str, value: Any) -> float:
     return v
 
 
+def _check_rounding(value: Any) -> str:
+    if value not in SUMMARY_ROUNDINGS:
+        raise ValueError(f"summary_rounding must be one of {', '.join(map(repr, SUMMARY_ROUNDINGS))}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class PAINTConfig:
     """Settings of PAINT (SPEC section 4). Validated on construction; ValueError names the field.
@@ -100,6 +113,8 @@ class PAINTConfig:
         local_ratio: fraction of patches kept by the local stream, in ``[0, 1]``.
         spatial_ratio: fraction of patches kept by the spatial stream, in ``[0, 1]``.
         iqr_k: IQR multiplier of the summary-token outlier rule, ``>= 0``.
+        summary_rounding: ``"paper"`` keeps every IQR outlier; ``"official"`` keeps the official code's
+            ``int(n * (outliers / n))`` of them (one fewer for some counts, see :func:`summary_tokens`).
         guidance: run PAI's image-free logits guidance beside the attention edit.
         gamma: guidance strength, ``>= 0`` (1 = no guidance effect).
         cutoff: guidance plausibility cut-off, in ``(0, 1]``.
@@ -115,6 +130,7 @@ class PAINTConfig:
     local_ratio: float = 0.25
     spatial_ratio: float = 0.05
     iqr_k: float = 1.5
+    summary_rounding: SummaryRounding = "paper"
     guidance: bool = True
     gamma: float = 1.1
     cutoff: float = 0.1
@@ -131,6 +147,7 @@ class PAINTConfig:
         set_(self, "local_ratio", _check_ratio("local_ratio", self.local_ratio))
         set_(self, "spatial_ratio", _check_ratio("spatial_ratio", self.spatial_ratio))
         set_(self, "iqr_k", _check_nonneg("iqr_k", self.iqr_k))
+        _check_rounding(self.summary_rounding)
         _check_bool("guidance", self.guidance)
         set_(self, "gamma", _check_nonneg("gamma", self.gamma))
         set_(self, "cutoff", _check_open_closed_unit("cutoff", self.cutoff))
@@ -270,7 +287,16 @@ def spatial_stream(attn: Tensor, ratio: float, has_cls: bool) -> Tensor:
     return top_ratio(column_mean_scores(attn, has_cls), ratio)
 
 
-def summary_tokens(scores: Tensor, k: float = 1.5) -> Tensor:
+def official_summary_count(outliers: int, n: int) -> int:
+    """How many summary tokens the official code keeps out of ``outliers`` IQR outliers among ``n`` scores.
+
+    It computes the share ``outliers / n`` and then ``int(n * share)`` in float64; the product can land just below
+    the integer (49 * (1 / 49) = 0.999...), and ``int`` truncates it: one outlier fewer.
+    """
+    return int(n * (outliers / n))
+
+
+def summary_tokens(scores: Tensor, k: float = 1.5, rounding: SummaryRounding = "paper") -> Tensor:
     """Summary tokens: IQR outliers, ``scores > Q3 + k * (Q3 - Q1)``.
 
     Quartiles are ``torch.quantile`` with linear interpolation (numpy's default percentile), computed in
@@ -279,6 +305,9 @@ def summary_tokens(scores: Tensor, k: float = 1.5) -> Tensor:
     Args:
         scores: (P,) per-patch scores.
         k: IQR multiplier, >= 0.
+        rounding: ``"paper"`` returns every outlier. ``"official"`` returns the
+            :func:`official_summary_count` highest-scored of them (ties to the lower index), as the official
+            code's ``topk(scores, int(n * share))`` does.
 
     Returns:
         Sorted int64 indices.
@@ -286,9 +315,15 @@ def summary_tokens(scores: Tensor, k: float = 1.5) -> Tensor:
     if scores.dim() != 1 or scores.shape[0] == 0:
         raise ValueError(f"scores must have shape (P,) with P >= 1, got {tuple(scores.shape)}")
     k = _check_nonneg("k", k)
+    _check_rounding(rounding)
     s = scores.to(torch.float64)
     q1, q3 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=torch.float64, device=s.device))
-    return torch.nonzero(s > q3 + k * (q3 - q1)).flatten()
+    outliers = torch.nonzero(s > q3 + k * (q3 - q1)).flatten()
+    if rounding == "paper":
+        return outliers
+    keep = official_summary_count(int(outliers.numel()), int(s.shape[0]))
+    top = outliers[torch.sort(s[outliers], descending=True, stable=True).indices[:keep]]
+    return torch.sort(top).values
 
 
 def merge_scores(
@@ -347,6 +382,7 @@ def select_tokens(
     merge: int = 1,
     grid: tuple[int, int] | None = None,
     patch_order: PatchOrder = "raster",
+    summary_rounding: SummaryRounding = "paper",
 ) -> TokenSelection:
     """PAINT's dual-stream selection for one image: L = (local ∪ spatial) \\ S and S.
 
@@ -360,6 +396,7 @@ def select_tokens(
         iqr_k: summary-token IQR multiplier.
         merge, grid, patch_order: see :func:`merge_scores`; all three scores are summed inside each merged
             token before ranking, and ratios count merged tokens.
+        summary_rounding: see :func:`summary_tokens`.
 
     Returns:
         :class:`TokenSelection` of sorted int64 indices into the (merged) token sequence, row-major.
@@ -384,7 +421,8 @@ def select_tokens(
         return merge_scores(s, merge, grid, patch_order)
 
     return select_from_scores(
-        merged(local_score), merged(spatial_score), merged(summary_score), local_ratio, spatial_ratio, iqr_k
+        merged(local_score), merged(spatial_score), merged(summary_score), local_ratio, spatial_ratio, iqr_k,
+        summary_rounding,
     )
 
 
@@ -395,6 +433,7 @@ def select_from_scores(
     local_ratio: float,
     spatial_ratio: float,
     iqr_k: float,
+    summary_rounding: SummaryRounding = "paper",
 ) -> TokenSelection:
     """The selection from per-token scores already reduced from the attention maps (and merged).
 
@@ -407,7 +446,7 @@ def select_from_scores(
             f"scores must share one (P,) shape, got {tuple(local_score.shape)}, {tuple(spatial_score.shape)}, "
             f"{tuple(summary_score.shape)}"
         )
-    summary = summary_tokens(summary_score, iqr_k)
+    summary = summary_tokens(summary_score, iqr_k, summary_rounding)
     streams = torch.cat([top_ratio(local_score, local_ratio), top_ratio(spatial_score, spatial_ratio)])
     union = torch.unique(streams)  # sorted
     local = union[~torch.isin(union, summary)]
@@ -583,7 +622,7 @@ class PAINTMethod(AttentionMethod):
                 local_score = f.cls if f.cls is not None else spatial
                 summary_score = g.cls if g.cls is not None else g.column
                 sel = select_from_scores(local_score, spatial, summary_score, cfg.local_ratio, cfg.spatial_ratio,
-                                         cfg.iqr_k)
+                                         cfg.iqr_k, cfg.summary_rounding)
                 pos = self.adapter.paint_image_positions(run.to(call.image_mask.device), spatial.shape[0])
                 local[b, pos[sel.local.to(pos.device)]] = True
                 summary[b, pos[sel.summary.to(pos.device)]] = True

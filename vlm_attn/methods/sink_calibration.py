@@ -3,11 +3,13 @@
 Massive activations sit in a few fixed hidden dimensions: for a handful of tokens (BOS, some delimiters, some image
 patches) |x_d| / RMS(x) is huge in those dims, in most layers from layer 2 on. We run one forward on a calibration
 prompt, and keep the dims that are extreme (ratio > threshold for at most a few tokens) in at least
-`min_layer_fraction` of the layers >= 2.
+`min_layer_fraction` of the layers 2 .. L-1 (the hidden states entering those layers, which is where VAR looks; the
+final norm's output is no layer's input). The forward stops at the last layer's input: no LM head is computed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -74,6 +76,43 @@ def extreme_dims(
     return chosen, {d: float(fraction[d]) for d in chosen}, {d: float(peaks[d]) for d in chosen}
 
 
+class _LastInputSeen(Exception):
+    """Raised by the hook on the last decoder layer: every input the calibration needs has been captured."""
+
+
+def layer_inputs(model: torch.nn.Module, batch: Any, first_layer: int = 2) -> list[torch.Tensor]:
+    """The hidden states entering decoder layers first_layer .. L-1 of the language model, one (B, T, D) each.
+
+    Read by forward pre-hooks on the layers; the forward stops at the last layer's input, so neither that layer, the
+    final norm (whose output is no layer's input) nor the LM head (full-vocabulary logits) is computed.
+    """
+    from ..patches import get_adapter
+
+    layers = get_adapter(model).decoder_layers()
+    if len(layers) <= first_layer:
+        raise ValueError(f"need more than {first_layer} layers to calibrate sink dims, the model has {len(layers)}")
+    captured: list[torch.Tensor] = []
+
+    def grab(idx: int):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            captured.append(args[0] if args else kwargs["hidden_states"])
+            if idx == len(layers) - 1:
+                raise _LastInputSeen
+
+        return hook
+
+    handles = [layers[i].register_forward_pre_hook(grab(i), with_kwargs=True) for i in range(first_layer, len(layers))]
+    try:
+        with torch.no_grad(), contextlib.suppress(_LastInputSeen):
+            model(**batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(captured) != len(layers) - first_layer:
+        raise RuntimeError(f"the forward reached {len(captured)} of the {len(layers) - first_layer} decoder layers")
+    return captured
+
+
 @torch.no_grad()
 def calibrate_sinks(
     model: torch.nn.Module,
@@ -91,11 +130,9 @@ def calibrate_sinks(
         raise ValueError("calibrate_sinks needs at least one image")
     device = next(model.parameters()).device
     batch = build_inputs(processor, list(images), [prompt] * len(images)).to(device)
-    out = model(**batch, output_hidden_states=True)
-    hidden = out.hidden_states
     mask = batch["attention_mask"].bool()
-    states = [h[mask][None] for h in hidden]  # drop padding positions
-    dims, fraction, peak = extreme_dims(states, threshold, min_layer_fraction, max_token_fraction)
+    states = [h[mask][None] for h in layer_inputs(model, batch)]  # drop padding positions
+    dims, fraction, peak = extreme_dims(states, threshold, min_layer_fraction, max_token_fraction, first_layer=0)
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     hidden_size = model.config.get_text_config().hidden_size
     if not dims:

@@ -185,13 +185,16 @@ class VARMethod(AttentionMethod):
         self.config = config
         self.name = config.name
         self.sink_dims: tuple[int, ...] = ()
+        self.sink_dims_source = ""
         self._dims_on: dict[torch.device, torch.Tensor] = {}  # sink dims as an index tensor, per device
         self.layers: frozenset[int] = frozenset()
 
     def bind(self, model: Any, adapter: Any, num_layers: int) -> None:
         hidden = adapter.text_config().hidden_size
         dims = self.config.sink_dims
+        source = "explicit"
         if isinstance(dims, (str, Path)):
+            source = f"file {dims}"
             dims, record = load_sink_dims(dims)
             if record.get("hidden_size") not in (None, hidden):
                 raise ValueError(
@@ -199,17 +202,20 @@ class VARMethod(AttentionMethod):
                     f"({record.get('model')}), but this model has {hidden}: recalibrate for this model"
                 )
         elif dims is None:
-            dims = adapter.lookup_sink_dims()
-            if dims is None:
+            entry = adapter.lookup_sink_dims()
+            if entry is None:
                 name = getattr(model.config, "_name_or_path", "") or type(model).__name__
                 raise ValueError(
-                    f"VAR needs the sink dimensions of {name!r}, which are not in the known table. Pass them with "
-                    "VARConfig(sink_dims=(...)) or discover them: `vlm-attn calibrate-sinks --model ... --out "
-                    "sinks.json` (or vlm_attn.calibrate_sinks) and pass VARConfig(sink_dims='sinks.json')."
+                    f"VAR needs the sink dimensions of {name!r}, whose language model matches no entry of the known "
+                    "table (matched on its architecture). Pass them with VARConfig(sink_dims=(...)) or discover them: "
+                    "`vlm-attn calibrate-sinks --model ... --out sinks.json` (or vlm_attn.calibrate_sinks) and pass "
+                    "VARConfig(sink_dims='sinks.json')."
                 )
+            dims, source = entry.dims, entry.describe()
         if max(dims) >= hidden:
             raise ValueError(f"VARConfig.sink_dims {dims} out of range for hidden size {hidden}")
         self.sink_dims = tuple(dims)
+        self.sink_dims_source = source  # where the dims came from, for the report
         self.layers = frozenset(self.config.resolve_layers(num_layers))
         self.num_layers = num_layers
 
@@ -231,8 +237,10 @@ class VARMethod(AttentionMethod):
             image = call.image_mask
             sets[layer_idx] = key_sets(image, sinks, self.config.p)  # over absolute positions (B, T, 3)
             store["has_visual"][layer_idx] = (sinks & image).any(dim=1)
-            counts["visual_sinks"][layer_idx] = (sinks & image).sum()
-            counts["text_sinks"][layer_idx] = (sinks & ~image).sum()
+            counted = sinks if call.prompt_mask is None or call.prompt_mask.shape != sinks.shape else (
+                sinks & call.prompt_mask.to(sinks.device))  # left padding is masked out of attention: not counted
+            counts["visual_sinks"][layer_idx] = (counted & image).sum()
+            counts["text_sinks"][layer_idx] = (counted & ~image).sum()
             store["decode_rows"].pop(layer_idx, None)
             store["covers_all"].pop(layer_idx, None)
         elif sinks.shape[1] == 1:  # a decode token is text: it can add a text sink (not in the report), never a visual one
@@ -288,9 +296,11 @@ class VARMethod(AttentionMethod):
     def summary(self, call: CallState) -> dict[str, Any]:
         counts = call.report.get(self.name)
         if counts is None:
-            return {"active": False, "reason": "no image or p = 0"}
+            return {"active": False, "reason": "no image or p = 0", "sink_dims": list(self.sink_dims),
+                    "sink_dims_source": self.sink_dims_source}
         layers = sorted(self.layers)
-        out: dict[str, Any] = {"active": True, "layers": layers}
+        out: dict[str, Any] = {"active": True, "layers": layers, "sink_dims": list(self.sink_dims),
+                               "sink_dims_source": self.sink_dims_source}
         for key in ("text_sinks", "visual_sinks"):
             out[key] = {i: int(counts[key].get(i, 0)) for i in layers}
         for key in ("rows", "heads_redistributed"):

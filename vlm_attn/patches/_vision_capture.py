@@ -2,8 +2,10 @@
 
 A forward pre-hook on each of the two vision attention modules PAINT reads (the first layer and the feature layer)
 recomputes softmax(Q K^T * scale) from the module's own inputs for that layer only; the tower keeps running SDPA
-(or whatever it runs) and every other layer is untouched. The maps are reduced to per-patch scores at once, so no
-(heads, N, N) tensor outlives the hook. Family files decide which modules, CLS or not, merging and patch order.
+(or whatever it runs) and every other layer is untouched. Only what the selection needs is kept (the CLS row and
+the column sums), streamed: the map is built a block of query rows at a time and reduced at once, so no
+(views, heads, T, T) map of a tiled image ever exists (`SCORE_CHUNK_ELEMENTS`). Family files decide which modules,
+CLS or not, merging and patch order.
 """
 
 from __future__ import annotations
@@ -50,32 +52,103 @@ def feature_layer_index(vision_feature_layer: Any, num_layers: int) -> int:
     return idx
 
 
-def qk_probs(module: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(Q K^T * scale + mask) in fp32 for a (N, T, D) input of a CLIP/SigLIP-style attention (q_proj, k_proj).
+# Most fp32 attention entries a score hook holds at once (1 Mi = 4 MiB, twice over: logits and softmax). The full
+# maps of a tiled image are far larger (SmolVLM at its real width: 17 views x 12 heads x 1024^2 = 0.8 GiB each);
+# blocks of this size also stay in cache (2.5x faster than 16 MiB blocks on a 1024-patch view, measured on CPU).
+SCORE_CHUNK_ELEMENTS = 1 << 20
 
-    InternViT's optional `q_norm` / `k_norm` (over the whole projection, before the head split) are applied when the
-    module has them. `mask` is the additive (N, 1, T, T) float mask the encoder hands its attention (Idefics3 /
-    SmolVLM: padded patches of a tile), or None.
+
+def attention_mask_4d(mask: Any) -> torch.Tensor | None:
+    """The mask an encoder hands its attention when it is a 4-D boolean (True = attend) or additive float mask;
+    None otherwise (nothing masked)."""
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4 and (mask.dtype == torch.bool or mask.is_floating_point()):
+        return mask
+    return None
+
+
+def additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean (True = attend) or float mask as an additive fp32 mask (0 / finfo.min for booleans)."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+            ~mask, torch.finfo(torch.float32).min)
+    return mask.float()
+
+
+def accumulate_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None,
+    first_row: torch.Tensor,
+    column: torch.Tensor,
+    chunk_elements: int | None = None,
+) -> None:
+    """Add the per-key reductions of softmax(q k^T * scale + mask), in fp32, into `first_row` and `column`, never
+    holding more than about `chunk_elements` attention entries (default `SCORE_CHUNK_ELEMENTS`).
+
+    q, k (n, heads, T, d); mask None or a boolean / additive 4-D mask broadcastable to (n, heads, T, T), converted
+    to additive fp32 one block at a time. `first_row` (n, T) gets query
+    row 0's attention summed over heads (CLS -> every token), `column` (n, T) the attention each key receives summed
+    over heads and query rows. Rows of a softmax are independent, so the map is built a block of query rows at a time
+    (all rows of several entries when one entry's map fits) and reduced at once.
+    """
+    n, heads, t, _ = q.shape
+    chunk_elements = chunk_elements or SCORE_CHUNK_ELEMENTS
+    rows = max(1, min(t, chunk_elements // (heads * t)))
+    group = max(1, chunk_elements // (heads * t * t)) if rows == t else 1
+    for n0 in range(0, n, group):
+        n1 = min(n, n0 + group)
+        keys = k[n0:n1].float().transpose(-1, -2)
+        queries = q[n0:n1].float() * scale  # scaled once, not every block of logits
+        m = None if mask is None else mask[n0:n1] if mask.shape[0] > 1 else mask
+        for r0 in range(0, t, rows):
+            r1 = min(t, r0 + rows)
+            logits = queries[:, :, r0:r1] @ keys
+            if m is not None:
+                logits = logits + additive_mask(m[:, :, r0:r1] if m.shape[2] > 1 else m)
+            probs = torch.softmax(logits, dim=-1)
+            column[n0:n1] += probs.sum(dim=(1, 2))
+            if r0 == 0:
+                first_row[n0:n1] = probs[:, :, 0].sum(dim=1)
+
+
+def clip_attention_scores(
+    module: nn.Module,
+    hidden: torch.Tensor,
+    mask: Any,
+    has_cls: bool,
+    chunk_elements: int | None = None,
+) -> list[VisionScores]:
+    """PAINT's scores of each of the N entries (images or tiles) of a (N, T, D) input to a CLIP/SigLIP-style attention
+    (q_proj, k_proj): CLS -> patch attention summed over heads, and the column mean over heads and query rows.
+
+    The attention is softmax(Q K^T * scale + mask) in fp32, streamed: Q and K are projected for a group of entries at
+    a time and each block of query rows is reduced as soon as it is built (`accumulate_scores`), so neither the
+    (N, heads, T, T) maps nor all entries' projections exist at once. InternViT's optional `q_norm` / `k_norm` (over the
+    whole projection, before the head split) are applied when the module has them. `mask` is what the encoder hands
+    its attention (Idefics3 / SmolVLM: the padded patches of a view), or None.
     """
     n, t, _ = hidden.shape
     heads = getattr(module, "num_heads", None) or module.config.num_attention_heads
-    q, k = module.q_proj(hidden), module.k_proj(hidden)
-    if hasattr(module, "q_norm"):
-        q, k = module.q_norm(q), module.k_norm(k)
-    q = q.view(n, t, heads, -1).transpose(1, 2)
-    k = k.view(n, t, heads, -1).transpose(1, 2)
-    scale = getattr(module, "scale", None) or getattr(module, "scaling", None) or q.shape[-1] ** -0.5
-    logits = (q @ k.transpose(-1, -2)).float() * scale
-    if isinstance(mask, torch.Tensor) and mask.is_floating_point() and mask.dim() == 4:
-        logits = logits + mask.float()
-    return torch.softmax(logits, dim=-1)
-
-
-def clip_scores(probs: torch.Tensor, has_cls: bool) -> list[VisionScores]:
-    """Per-image scores from (N, heads, T, T) maps: CLS -> patch summed over heads, and the column mean."""
-    column = probs.mean(dim=(1, 2))
+    mask = attention_mask_4d(mask)
+    chunk_elements = chunk_elements or SCORE_CHUNK_ELEMENTS
+    first_row = torch.zeros(n, t, dtype=torch.float32, device=hidden.device)
+    column = torch.zeros(n, t, dtype=torch.float32, device=hidden.device)
+    group = max(1, chunk_elements // (heads * t * t))  # entries whose maps fit one chunk (1 for large views)
+    for n0 in range(0, n, group):
+        n1 = min(n, n0 + group)
+        x = hidden[n0:n1]
+        q, k = module.q_proj(x), module.k_proj(x)
+        if hasattr(module, "q_norm"):
+            q, k = module.q_norm(q), module.k_norm(k)
+        q = q.view(n1 - n0, t, heads, -1).transpose(1, 2)
+        k = k.view(n1 - n0, t, heads, -1).transpose(1, 2)
+        scale = getattr(module, "scale", None) or getattr(module, "scaling", None) or q.shape[-1] ** -0.5
+        m = None if mask is None else mask[n0:n1] if mask.shape[0] > 1 else mask
+        accumulate_scores(q, k, scale, m, first_row[n0:n1], column[n0:n1], chunk_elements)
+    column = column / (heads * t)
     if has_cls:
-        return [VisionScores(cls=c, column=col) for c, col in zip(probs[:, :, 0, 1:].sum(dim=1), column[:, 1:])]
+        return [VisionScores(cls=c, column=col) for c, col in zip(first_row[:, 1:], column[:, 1:])]
     return [VisionScores(cls=None, column=col) for col in column]
 
 
@@ -108,7 +181,7 @@ def hook_clip_tower(
                 if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] > 1:
                     mask = mask[index]
             with torch.no_grad():
-                scores = clip_scores(qk_probs(module, hidden, mask), has_cls)
+                scores = clip_attention_scores(module, hidden, mask, has_cls)
                 if reduce is not None:
                     scores = [VisionScores(cls=None if s.cls is None else reduce(s.cls), column=reduce(s.column))
                               for s in scores]
@@ -176,11 +249,12 @@ def qwen_column_sums(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> 
     rotary = getattr(sys.modules[type(module).__module__], "apply_rotary_pos_emb_vision")
     q, k = rotary(q, k, cos, sin)
     q, k = q.transpose(0, 1), k.transpose(0, 1)  # (heads, seq, d)
-    out = torch.zeros(seq, dtype=torch.float32, device=hidden.device)
+    out = torch.zeros(1, seq, dtype=torch.float32, device=hidden.device)
+    unused = torch.zeros(1, seq, dtype=torch.float32, device=hidden.device)  # the first-row sums (no CLS here)
     bounds = cu.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
         if end <= start:
             continue
-        scores = (q[:, start:end] @ k[:, start:end].transpose(-1, -2)).float() * module.scaling
-        out[start:end] = torch.softmax(scores, dim=-1).sum(dim=(0, 1))
-    return out
+        accumulate_scores(q[None, :, start:end], k[None, :, start:end], module.scaling, None,
+                          unused[:, start:end], out[:, start:end])
+    return out[0]

@@ -121,6 +121,61 @@ def concat_scores_per_run(run_lengths: list[int], scores: list[VisionScores]) ->
     return out if i == len(scores) else scores
 
 
+@dataclass(frozen=True)
+class SinkDimsEntry:
+    """A known table row (SPEC §2.1): the sink dims of the text models with this architecture signature.
+
+    Matched on the language model's own shape, not on a checkpoint name, so a checkpoint saved under any folder name
+    is found. Checkpoints that share a signature (LLaVA-1.5-7B's language model and Vicuna-7B) share the dims.
+    `vocab_sizes` lists every vocabulary size the table's checkpoints ship (the llava-hf conversions pad 32000 to
+    32064); a text model with another vocabulary is a different model and does not match.
+    """
+
+    label: str
+    model_types: tuple[str, ...]
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_sizes: tuple[int, ...]
+    dims: tuple[int, ...]
+
+    def matches(self, text_config: Any) -> bool:
+        """Whether `text_config` (a language model config) has exactly this signature."""
+        return text_signature(text_config) in {
+            (t, self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads, self.intermediate_size, v)
+            for t in self.model_types
+            for v in self.vocab_sizes
+        }
+
+    def describe(self) -> str:
+        """One line naming the entry and its signature, for VAR's report."""
+        return (
+            f"known table: {self.label} ({'/'.join(self.model_types)}, {self.hidden_size} hidden, {self.num_layers} "
+            f"layers, {self.num_heads} heads, {self.num_kv_heads} kv heads, {self.intermediate_size} intermediate, "
+            f"vocab {'/'.join(map(str, self.vocab_sizes))})"
+        )
+
+
+def text_signature(text_config: Any) -> tuple[Any, ...]:
+    """(model_type, hidden, layers, heads, kv heads, intermediate, vocab) of a language model config.
+
+    A config without `num_key_value_heads` (or with None) has one kv head per attention head, as transformers reads it.
+    """
+    heads = getattr(text_config, "num_attention_heads", None)
+    kv = getattr(text_config, "num_key_value_heads", None) or heads
+    return (
+        getattr(text_config, "model_type", None),
+        getattr(text_config, "hidden_size", None),
+        getattr(text_config, "num_hidden_layers", None),
+        heads,
+        kv,
+        getattr(text_config, "intermediate_size", None),
+        getattr(text_config, "vocab_size", None),
+    )
+
+
 @dataclass
 class TinySpec:
     """How to build a tiny random model of a family: config, processor, and the weight scale to redraw with."""
@@ -136,8 +191,8 @@ class FamilyAdapter:
     """Default behaviour shared by the families; each family file overrides what differs."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
-    # Sink dims (SPEC §2.1) of known checkpoints: substring of the hub id -> (hidden size, dims).
-    known_sink_dims: ClassVar[dict[str, tuple[int, tuple[int, ...]]]] = {}
+    # Sink dims (SPEC §2.1) of known language models, matched on their architecture signature.
+    known_sink_dims: ClassVar[tuple[SinkDimsEntry, ...]] = ()
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -176,13 +231,16 @@ class FamilyAdapter:
         self.model.set_attn_implementation({"text_config": name})
 
     # ------------------------------------------------------------ known tables
-    def lookup_sink_dims(self) -> tuple[int, ...] | None:
-        """Sink dims from the known table, matched on the checkpoint name and checked against the hidden size."""
-        name = (getattr(self.config, "_name_or_path", "") or "").lower()
-        hidden = getattr(self.text_config(), "hidden_size", None)
-        for key, (size, dims) in self.known_sink_dims.items():
-            if key in name and size == hidden:
-                return dims
+    def lookup_sink_dims(self) -> SinkDimsEntry | None:
+        """The known-table entry whose architecture signature equals this model's language model, or None.
+
+        The checkpoint's name plays no part: a known model saved under another folder name is found, and a model
+        that only shares a name (or a hidden size) with a table entry is not.
+        """
+        text = self.text_config()
+        for entry in self.known_sink_dims:
+            if entry.matches(text):
+                return entry
         return None
 
     # ------------------------------------------------------------ input-level methods (Visual Funnel, ViCrop)

@@ -14,6 +14,7 @@ from ._image_only import ImageOnlyProcessorFamily
 import torch
 
 from .base import ImageGrid, TinySpec, UnsupportedModelError, VisionScores, concat_scores_per_run, register_family
+from .base import SinkDimsEntry
 from .llava import tiny_text_config
 
 INTERNVL_CHAT_TEMPLATE = (
@@ -24,8 +25,11 @@ INTERNVL_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 INTERNVL_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
-# SPEC §2.1: InternVL2-8B {3584} (InternLM2 language model, hidden 4096).
-INTERNVL_SINK_DIMS = {"internvl2-8b": (4096, (3584,))}
+# SPEC §2.1: InternVL2-8B {3584}: its InternLM2-chat-7B language model (kept as `internlm2` or converted to `llama`),
+# shape as in the released llm_config.
+INTERNVL_SINK_DIMS = (
+    SinkDimsEntry("InternVL2-8B (InternLM2-7B)", ("internlm2", "llama"), 4096, 32, 32, 8, 14336, (92553,), (3584,)),
+)
 # Tiny geometry: 32-pixel tiles of 4-pixel patches (8 x 8), pixel shuffle 0.5 -> 16 `<IMG_CONTEXT>` tokens a tile.
 TILE, PATCH, DOWNSAMPLE = 32, 4, 0.5
 IMAGE_SEQ_LENGTH = int((TILE // PATCH) ** 2 * DOWNSAMPLE**2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import FamilyAdapter, ImageGrid, TinySpec, register_family
+from .base import FamilyAdapter, ImageGrid, SinkDimsEntry, TinySpec, register_family
 
 LLAVA_CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() }}: "
@@ -13,14 +13,13 @@ LLAVA_CHAT_TEMPLATE = (
     "{% endif %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-# SPEC §2.1: LLaMA-2-7B / Vicuna-7B {1415, 2533}; LLaMA-2-13B / Vicuna-13B {2100, 4743}.
-VICUNA_SINK_DIMS = {
-    name: (4096, (1415, 2533))
-    for name in ("llava-1.5-7b", "llava-v1.5-7b", "llava-v1.6-vicuna-7b", "vicuna-7b", "llama-2-7b")
-} | {
-    name: (5120, (2100, 4743))
-    for name in ("llava-1.5-13b", "llava-v1.5-13b", "llava-v1.6-vicuna-13b", "vicuna-13b", "llama-2-13b")
-}
+# SPEC §2.1: LLaMA-2-7B / Vicuna-7B {1415, 2533}; LLaMA-2-13B / Vicuna-13B {2100, 4743}. LLaVA-1.5 and
+# LLaVA-NeXT-vicuna keep their base model's shape; the llava-hf conversions pad the vocabulary to 32064.
+# LLaVA-NeXT-mistral (mistral, 8 kv heads, 14336 intermediate) matches neither.
+VICUNA_SINK_DIMS = (
+    SinkDimsEntry("LLaMA-2-7B / Vicuna-7B", ("llama",), 4096, 32, 32, 32, 11008, (32000, 32064), (1415, 2533)),
+    SinkDimsEntry("LLaMA-2-13B / Vicuna-13B", ("llama",), 5120, 40, 40, 40, 13824, (32000, 32064), (2100, 4743)),
+)
 
 
 def llava_paint_capture(adapter: FamilyAdapter, sink: Callable[[str, list[Any]], None], entries: Any) -> list[Any]:

@@ -11,7 +11,7 @@ from .qwen2_vl import Qwen2VLAdapter
 @register_family
 class Qwen25VLAdapter(Qwen2VLAdapter):
     model_types = ("qwen2_5_vl",)
-    known_sink_dims = {}
+    known_sink_dims = ()  # no published sink dims (Qwen2-VL's entry is for its own text model type)
     model_class_name = "Qwen2_5_VLForConditionalGeneration"
     config_class_name = "Qwen2_5_VLConfig"
     processor_class_name = "Qwen2_5_VLProcessor"

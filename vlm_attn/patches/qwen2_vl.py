@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from ._image_only import ImageOnlyProcessorFamily
-from .base import ImageGrid, TinySpec, register_family
+from .base import ImageGrid, SinkDimsEntry, TinySpec, register_family
 
 QWEN_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
@@ -57,7 +57,9 @@ def tiny_qwen_text(vocab_size: int) -> dict[str, Any]:
 class Qwen2VLAdapter(ImageOnlyProcessorFamily):
     model_types = ("qwen2_vl",)
     # SPEC §2.1: Qwen2-VL-7B {458, 2570}.
-    known_sink_dims = {"qwen2-vl-7b": (3584, (458, 2570))}
+    known_sink_dims = (
+        SinkDimsEntry("Qwen2-VL-7B", ("qwen2_vl_text",), 3584, 28, 28, 4, 18944, (152064,), (458, 2570)),
+    )
     model_class_name = "Qwen2VLForConditionalGeneration"
     config_class_name = "Qwen2VLConfig"
     processor_class_name = "Qwen2VLProcessor"

@@ -17,7 +17,7 @@ from .qwen2_vl import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL, Qwen2VLAdapter, qwen_tok
 @register_family
 class Qwen3VLAdapter(Qwen2VLAdapter):
     model_types = ("qwen3_vl",)
-    known_sink_dims = {}
+    known_sink_dims = ()  # no published sink dims (Qwen2-VL's entry is for its own text model type)
     model_class_name = "Qwen3VLForConditionalGeneration"
     config_class_name = "Qwen3VLConfig"
     processor_class_name = "Qwen3VLProcessor"

@@ -189,3 +189,13 @@ def test_run_dir_lock_is_reentrant_and_names_its_holder(tmp_path):
             pass
         assert (tmp_path / "run" / ".writer.rank0.pid").read_text().startswith(f"pid {os.getpid()} on ")
     rd.check({}, resume=False)  # lock files alone do not make the folder "not empty"
+
+
+def test_duplicate_sample_ids_are_named_before_anything_runs(tmp_path):
+    from vlm_attn.errors import UserError
+    from vlm_attn.eval.runner import Sample, run_samples
+
+    samples = [Sample(id=i, prompt="p", image="x.jpg") for i in ("a", "b", "a")]
+    with pytest.raises(UserError, match="the sample list: sample id 'a' occurs twice; sample ids must be unique"):
+        run_samples(None, None, samples, tmp_path / "run", {"task": "chair"})
+    assert not (tmp_path / "run").exists()

@@ -65,7 +65,7 @@ def test_image_list_round_trip_and_formats(tmp_path):
     (tmp_path / "ids.txt").write_text("# my list\n42\n\nCOCO_val2014_000000000007.jpg\n  9  # trailing comment\n")
     assert load_image_list(tmp_path / "ids.txt") == [42, 7, 9]
     (tmp_path / "bad.txt").write_text("42\nnot-an-id\n")
-    with pytest.raises(ValueError, match=r"bad\.txt:2: not an image id"):
+    with pytest.raises(ValueError, match=r"bad\.txt line 2: not an image id"):
         load_image_list(tmp_path / "bad.txt")
     with pytest.raises(FileNotFoundError, match="image list not found"):
         load_image_list(tmp_path / "missing.txt")

@@ -58,7 +58,7 @@ def test_eval_pope_end_to_end_and_report(cache_env, toy_coco, toy_pope, tmp_path
 
     with pytest.raises(SystemExit, match="not empty.*--resume"):
         main(_pope_args(toy_coco, toy_pope, out, "--limit", "1"))
-    with pytest.raises(SystemExit, match="different settings.*max_new_tokens"):
+    with pytest.raises(SystemExit, match="different settings.*--max-new-tokens: run has 8, now 4"):
         main(_pope_args(toy_coco, toy_pope, out, "--limit", "1", "--resume", "--max-new-tokens", "4"))
 
     (tmp_path / "runs" / "unfinished").mkdir()

@@ -71,7 +71,7 @@ def test_run_dir_refuses_overwrite_and_changed_settings(tmp_path):
     with pytest.raises(RunDirError, match="not empty.*--resume"):
         rd.check(settings, resume=False)
     rd.check(settings, resume=True)
-    with pytest.raises(RunDirError, match="max_new_tokens: run has 8, now 16"):
+    with pytest.raises(RunDirError, match="--max-new-tokens: run has 8, now 16"):
         rd.check({**settings, "max_new_tokens": 16}, resume=True)
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .common import add_model_args, build_configs, write
 from .input_methods import add_input_method_args, build_input_config, split_methods
 
@@ -39,6 +40,9 @@ def _add_run_args(p: argparse.ArgumentParser, default_tokens: int, token_note: s
                    help="run directory (e.g. runs/NAME): samples.rank*.jsonl, samples.jsonl, run.json, metrics.json")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out: finished samples are kept and skipped (same settings needed)")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: generate the samples recorded as errors again (e.g. after fixing an image); "
+                        "their error records are replaced")
     p.add_argument("--batch-size", type=int, default=8, help="samples per generate call, left-padded (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"generation length (default {default_tokens}{token_note})")
@@ -50,59 +54,50 @@ def _add_run_args(p: argparse.ArgumentParser, default_tokens: int, token_note: s
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Check every input, take the run folder's writer lock, then load the model and run.
+
+    The order matters: a bad question file, image list, annotation file, prompt or setting, a resume whose flags
+    differ from the run's, and a run folder that another run is writing are all refused (UserError / RunDirError /
+    FileNotFoundError, one line) before the model is loaded or a sample generated.
+    """
     from ..eval import tasks
-    from ..eval.runner import RunDir, RunDirError, distributed_context
+    from ..eval.runner import RunDir, distributed_context
     from ..loading import load_model
 
-    if args.batch_size < 1:
-        raise SystemExit("error: --batch-size must be >= 1")
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit("error: --limit must be >= 1")
-    splits = None
-    if args.task == "pope":
-        if args.pope_dir is None and not args.pope_file and args.pope_hf is None:
-            args.pope_hf = tasks.pope_lib.HF_DATASET
-        if (args.pope_dir is not None or args.pope_file) and args.coco_root is None:
-            raise SystemExit("error: POPE question files name COCO val2014 images: pass --coco-root (the folder "
-                             "holding val2014/)")
-        try:
-            splits = tasks.load_pope_splits(args.pope_dir, args.pope_file or (), args.pope_hf, args.splits)
-        except (KeyError, ValueError) as exc:
-            raise SystemExit(f"error: bad POPE question file: {exc}") from None
-    if not args.resume:
-        try:  # fail before the slow model load; run_samples checks again, with the settings, on every process
-            RunDir(args.out).check({}, resume=False)
-        except RunDirError as exc:
-            raise SystemExit(f"error: {exc}") from None
-    dist = distributed_context()
-    model, processor = load_model(
-        args.model, device=args.device or dist.device, dtype=args.dtype,
-        **({"revision": args.revision} if args.revision else {}),
-    )
-    input_name, attention_names = split_methods(args.method)
-    configs = build_configs(argparse.Namespace(**{**vars(args), "method": attention_names}), model)
-    if input_name is not None:
-        overrides = json.loads(Path(args.method_config).read_text()) if args.method_config else {}
-        configs.append(build_input_config(input_name, args, overrides))
     options = tasks.RunOptions(
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
         resume=args.resume, progress=not args.no_progress, revision=args.revision, command=sys.argv,
-        arguments={k: v for k, v in vars(args).items() if k != "func"},
+        arguments={k: v for k, v in vars(args).items() if k != "func"}, retry_errors=args.retry_errors,
     )
-    try:
-        if args.task == "chair":
-            record = tasks.run_chair(
-                model, processor, args.model, args.coco_root, args.out, configs, options,
-                image_list=args.image_list, num_images=args.num_images, lemmatizer=args.lemmatizer,
-                prompt=args.prompt, dist=dist,
-            )
-        else:
-            record = tasks.run_pope(
-                model, processor, args.model, splits, args.out, configs, options, coco_root=args.coco_root,
-                parse_mode=args.parse, prompt=args.prompt, dist=dist,
-            )
-    except (RunDirError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    tasks.check_options(options)
+    plan: tasks.ChairPlan | tasks.PopePlan
+    if args.task == "chair":
+        plan = tasks.plan_chair(args.coco_root, options, image_list=args.image_list, num_images=args.num_images,
+                                lemmatizer=args.lemmatizer, prompt=args.prompt)
+    else:
+        if args.pope_dir is None and not args.pope_file and args.pope_hf is None:
+            args.pope_hf = tasks.pope_lib.HF_DATASET
+        if (args.pope_dir is not None or args.pope_file) and args.coco_root is None:
+            raise UserError("POPE question files name COCO val2014 images: pass --coco-root (the folder holding "
+                            "val2014/)")
+        splits = tasks.load_pope_splits(args.pope_dir, args.pope_file or (), args.pope_hf, args.splits)
+        plan = tasks.plan_pope(splits, options, coco_root=args.coco_root, parse_mode=args.parse, prompt=args.prompt)
+    run_dir = RunDir(args.out)
+    # run_samples checks again with the methods and the model's dtype, on every process
+    run_dir.check(tasks.resume_settings(plan, args.model, args.revision), resume=args.resume)
+    dist = distributed_context()
+    with run_dir.writer_lock(dist.rank):
+        model, processor = load_model(
+            args.model, device=args.device or dist.device, dtype=args.dtype,
+            **({"revision": args.revision} if args.revision else {}),
+        )
+        input_name, attention_names = split_methods(args.method)
+        configs = build_configs(argparse.Namespace(**{**vars(args), "method": attention_names}), model)
+        if input_name is not None:
+            overrides = json.loads(Path(args.method_config).read_text()) if args.method_config else {}
+            configs.append(build_input_config(input_name, args, overrides))
+        execute = tasks.execute_chair if args.task == "chair" else tasks.execute_pope
+        record = execute(model, processor, args.model, plan, args.out, configs, options, dist)  # type: ignore[arg-type]
     if record is not None:
         _summary(record, args.out)
     return 0
@@ -124,7 +119,9 @@ def register(sub: Any) -> None:
         description="Greedy, batched (left-padded) generation over a benchmark. Every finished sample is appended "
                     "to the run directory at once, so a killed run continues with --resume without losing or "
                     "repeating a sample; under `accelerate launch` each process runs a slice and the main "
-                    "process merges and scores. Unreadable images are recorded as errors and skipped. "
+                    "process merges and scores. Unreadable images are recorded as errors and skipped "
+                    "(--resume --retry-errors runs them again). Inputs are checked before the model is loaded; "
+                    "a run folder that another run is writing is refused. "
                     "metrics.json records model, revision, method configs, dataset hashes, image list, seed, "
                     "package versions and times; compare runs with `vlm-attn report`.",
     )

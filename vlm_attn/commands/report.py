@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .common import write
 
 
@@ -19,19 +20,19 @@ def _csv_path(base: Path, task: str, several: bool) -> Path:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..eval.report import METRICS_FILE, load_run, markdown_table, write_csv
 
+    if args.digits < 0:
+        raise UserError(f"--digits must be >= 0, got {args.digits}")
     by_task: dict[str, list[Any]] = defaultdict(list)
     for run_dir in args.runs:
         path = Path(run_dir)
         if not (path / METRICS_FILE).is_file():
             sys.stderr.write(f"skipping {path}: no {METRICS_FILE} (unfinished run? finish it with --resume)\n")
             continue
-        try:
-            run = load_run(path)
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from None
+        run = load_run(path)
         by_task[run.task].append(run)
     if not by_task:
-        raise SystemExit(f"error: none of the {len(args.runs)} directories holds a {METRICS_FILE}")
+        raise UserError(f"none of the {len(args.runs)} directories holds a {METRICS_FILE}; pass finished run "
+                        "folders (written by vlm-attn eval)")
     several = len(by_task) > 1
     for task, runs in by_task.items():
         if several:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from ..errors import UserError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -100,9 +102,23 @@ def coco_val2014(coco_root: str | Path) -> CocoVal2014:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
+    """A COCO annotation file, parsed and shape-checked: a JSON object with ``images`` and ``annotations`` lists.
+    A damaged file raises UserError naming it (and where the JSON breaks)."""
     logger.info("reading %s", path)
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    fix = "re-download annotations_trainval2014.zip from cocodataset.org and unzip it again"
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 JSON ({exc.reason} at byte {exc.start}); {fix}") from None
+    if not isinstance(data, Mapping):
+        raise UserError(f"{path}: expected a COCO annotation object, got a JSON {type(data).__name__}; {fix}")
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise UserError(f"{path}: no {key!r} list, so it is not a COCO annotation file; {fix}")
+    return data
 
 
 def image_ids(annotations: Mapping[str, Any]) -> list[int]:
@@ -129,27 +145,51 @@ def save_image_list(path: str | Path, ids: Sequence[int], **provenance: Any) -> 
 _ID_RE = re.compile(r"(?:COCO_\w+_)?(\d+)(?:\.jpg)?")
 
 
-def load_image_list(path: str | Path) -> list[int]:
-    """Read a user's image list, order kept.
+def read_image_list(path: str | Path) -> list[tuple[str, int]]:
+    """A user's image list as (where, image id) pairs in file order; "line N" or "item N" says where each id is.
 
     Accepts JSON (a list of ids, or a dict with ``image_ids``) or text with one id per line; a line may also be
-    a COCO file name such as ``COCO_val2014_000000000042.jpg``. Blank lines and ``#`` comments are skipped.
+    a COCO file name such as ``COCO_val2014_000000000042.jpg``. Blank lines and ``#`` comments are skipped. A bad
+    entry, an id listed twice or an empty list raises UserError naming the file and the line.
     """
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"image list not found: {path}")
     text = path.read_text(encoding="utf-8")
+    located: list[tuple[str, Any]]
     if path.suffix == ".json":
-        data = json.loads(text)
-        values = data["image_ids"] if isinstance(data, Mapping) else data
-        return [int(v) for v in values]
-    ids = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        match = _ID_RE.fullmatch(line)
-        if match is None:
-            raise ValueError(f"{path}:{number}: not an image id: {line!r}")
-        ids.append(int(match.group(1)))
-    return ids
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); an image "
+                            "list is a JSON list of ids or {\"image_ids\": [...]}") from None
+        values = data.get("image_ids") if isinstance(data, Mapping) else data
+        if not isinstance(values, list):
+            raise UserError(f"{path}: an image list is a JSON list of ids or {{\"image_ids\": [...]}}")
+        located = [(f"item {i}", v) for i, v in enumerate(values, 1)]
+    else:
+        located = []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if line:
+                match = _ID_RE.fullmatch(line)
+                located.append((f"line {number}", match.group(1) if match else line))
+    pairs: list[tuple[str, int]] = []
+    first_seen: dict[int, str] = {}
+    for where, value in located:
+        text_value = str(value)
+        if isinstance(value, bool) or not (isinstance(value, int) or text_value.isdigit()):
+            raise UserError(f"{path} {where}: not an image id: {value!r}; write one COCO id or file name per entry")
+        image_id = int(text_value)
+        if image_id in first_seen:
+            raise UserError(f"{path} {where}: image {image_id} repeats {first_seen[image_id]}; list each image once")
+        first_seen[image_id] = where
+        pairs.append((where, image_id))
+    if not pairs:
+        raise UserError(f"{path}: the image list is empty")
+    return pairs
+
+
+def load_image_list(path: str | Path) -> list[int]:
+    """The image ids of a user's image list, order kept (format and checks: ``read_image_list``)."""
+    return [image_id for _, image_id in read_image_list(path)]

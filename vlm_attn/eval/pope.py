@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -37,6 +39,8 @@ ParseMode = Literal["official", "lmms-eval"]
 PARSE_MODES: tuple[str, ...] = ("official", "lmms-eval")
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 HF_DATASET = "lmms-lab/POPE"
+QUESTION_KEYS: tuple[str, ...] = ("question_id", "image", "text", "label")
+LABELS: tuple[str, ...] = ("yes", "no")
 
 
 @dataclass(frozen=True)
@@ -92,22 +96,69 @@ def _split_name(path: Path) -> str:
     return match.group(1) if match else path.stem
 
 
+def _rows(path: Path, text: str) -> list[tuple[str, Any]]:
+    """(where, parsed value) per question of a file: "line N" for JSONL, "item N" for a JSON array."""
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); a POPE "
+                            "file is one JSON object per line (or one JSON array)") from None
+        return [(f"item {i}", row) for i, row in enumerate(rows, 1)]
+    located = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            located.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {number}: not valid JSON ({exc.msg}, column {exc.colno}); each line "
+                            f"needs one object with {', '.join(QUESTION_KEYS)}") from None
+    return located
+
+
+def _question(path: Path, where: str, row: Any) -> PopeQuestion:
+    """One checked question: an object with every key, non-empty strings, a yes/no label."""
+    need = f"each line needs {', '.join(QUESTION_KEYS)}"
+    if not isinstance(row, Mapping):
+        raise UserError(f"{path} {where}: expected a JSON object, got {type(row).__name__}; {need}")
+    for key in QUESTION_KEYS:
+        if key not in row:
+            raise UserError(f"{path} {where}: missing key {key!r}; {need}")
+    for key in ("image", "text"):
+        if not isinstance(row[key], str) or not row[key].strip():
+            raise UserError(f"{path} {where}: {key!r} must be a non-empty string, got {row[key]!r}")
+    if not isinstance(row["question_id"], (int, str)) or isinstance(row["question_id"], bool):
+        raise UserError(f"{path} {where}: 'question_id' must be an integer or a string, got {row['question_id']!r}")
+    label = str(row["label"]).strip().lower()
+    if label not in LABELS:
+        raise UserError(f"{path} {where}: label {row['label']!r} is not one of {'/'.join(LABELS)}; fix the label")
+    return PopeQuestion(question_id=row["question_id"], image=row["image"], text=row["text"], label=label)
+
+
 def load_pope_jsonl(path: str | Path, split: str | None = None) -> PopeSplit:
-    """Read a POPE question file (JSONL; a JSON array is accepted too) with sha256 and version recorded."""
+    """Read a POPE question file (JSONL; a JSON array is accepted too) with sha256 and version recorded.
+
+    Every question is checked here, before any work: valid JSON, the keys ``question_id, image, text, label``,
+    a yes/no label and unique question ids; a bad one raises UserError naming the file and the line.
+    """
     path = Path(path)
     raw = path.read_bytes()
-    text = raw.decode("utf-8")
-    if text.lstrip().startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    questions = tuple(
-        PopeQuestion(
-            question_id=row["question_id"], image=row["image"], text=row["text"],
-            label=str(row["label"]).strip().lower(),
-        )
-        for row in rows
-    )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); pass a POPE .jsonl file") from None
+    located = _rows(path, text)
+    if not located:
+        raise UserError(f"{path}: no questions; a POPE file has one JSON object per line")
+    questions = tuple(_question(path, where, row) for where, row in located)
+    first_seen: dict[str, str] = {}
+    for (where, _), q in zip(located, questions):
+        key = str(q.question_id)
+        if key in first_seen:
+            raise UserError(f"{path} {where}: question_id {q.question_id!r} repeats {first_seen[key]}; question "
+                            "ids must be unique within a file")
+        first_seen[key] = where
     name = split or _split_name(path)
     provenance = {
         "source": "jsonl",
@@ -154,6 +205,9 @@ def pope_from_hf(
         PopeQuestion(question_id=qids[i], image=str(sources[i]), text=texts[i], label=str(answers[i]).strip().lower())
         for i in rows
     )
+    bad = next((i for i, q in zip(rows, questions) if q.label not in LABELS), None)
+    if bad is not None:
+        raise UserError(f"POPE dataset {source} row {bad}: answer {answers[bad]!r} is not one of {'/'.join(LABELS)}")
     provenance = {
         "source": "hf",
         "dataset": source,

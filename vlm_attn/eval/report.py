@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from vlm_attn.errors import UserError
 from vlm_attn.eval import chair, pope
 
 METRICS_FILE = "metrics.json"
@@ -75,10 +76,16 @@ def load_run(run_dir: str | Path) -> RunRecord:
     path = run_dir / METRICS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no {METRICS_FILE} in {run_dir}")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); rerun the "
+                        "run with --resume to write it again") from None
+    if not isinstance(data, Mapping):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}; it is not a metrics file")
     missing = [k for k in ("task", "method", "model", "metrics") if k not in data]
     if missing:
-        raise ValueError(f"{path}: missing keys {missing}")
+        raise UserError(f"{path}: missing keys {missing}; it is not a metrics.json written by vlm-attn eval")
     record = metrics_record(data["task"], data["method"], data["model"], data["metrics"], data.get("provenance"))
     return RunRecord(run=run_dir.name, **record)
 

@@ -5,6 +5,7 @@ A run lives in one directory::
     run_dir/run.json               settings the run was started with (checked again on --resume)
     run_dir/samples.rank{i}.jsonl  one JSON line per finished sample of process i, appended and fsynced as it ends
     run_dir/samples.jsonl          all samples merged in sample order (written by the main process at the end)
+    run_dir/.writer.rank{i}.lock   held (an OS file lock) by the process writing shard i; .pid names that process
 
 Why this shape:
 - every finished sample is on disk (flush + fsync) before the next batch starts, so killing a run loses at most
@@ -13,7 +14,12 @@ Why this shape:
 - each process of an ``accelerate launch`` / ``torchrun`` job takes the slice ``samples[rank::world]``
   (``shard_samples``, a pure function) and appends only to its own shard file, so processes never share a file;
   after a barrier the main process merges the shards (de-duplicated by sample id) and scores;
-- a sample whose image cannot be read is recorded as ``{"id", "error", ...}`` and the rest of its batch goes on.
+- a sample whose image cannot be read is recorded as ``{"id", "error", ...}`` and the rest of its batch goes on;
+  ``retry_errors`` (``--resume --retry-errors``) drops those records and generates the samples again;
+- the process writing shard i holds an OS-level lock on ``.writer.rank{i}.lock`` (``filelock``): a second run on
+  the same folder is refused instead of generating everything twice, and a killed run's lock dies with it;
+- ``run.json`` keeps the settings that made the sample list (limit, seed, prompt, methods, ...); a resume with
+  other values is refused naming the flag and both values.
 
 The model is driven only through the public API: ``vlm_attn.apply`` for the methods and
 ``vlm_attn.prompting.build_inputs`` for left-padded batches; decoding is greedy.
@@ -21,27 +27,41 @@ The model is driven only through the public API: ``vlm_attn.apply`` for the meth
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 MERGED_FILE = "samples.jsonl"
 SHARD_PATTERN = "samples.rank{rank}.jsonl"
-# Settings that must match when a run is resumed (batch size and progress may change freely).
-RESUME_KEYS: tuple[str, ...] = ("task", "model", "methods", "max_new_tokens", "prompt", "samples_sha256")
+LOCK_PATTERN = ".writer.rank{rank}.lock"
+OWNER_PATTERN = ".writer.rank{rank}.pid"
+# Settings that must match when a run is resumed, and the flag that sets each (batch size, progress, the parse
+# mode and the lemmatizer may change freely: they do not change what is generated).
+RESUME_FLAGS: dict[str, str] = {
+    "task": "the task", "model": "--model", "revision": "--revision", "dtype": "--dtype",
+    "methods": "--method", "max_new_tokens": "--max-new-tokens", "prompt": "--prompt", "limit": "--limit",
+    "seed": "--seed", "num_images": "--num-images", "image_list": "--image-list", "splits": "--splits",
+    "samples_sha256": "the sample list",
+}
+RESUME_KEYS: tuple[str, ...] = tuple(RESUME_FLAGS)
 
 ImageSource = str | os.PathLike | Callable[[], Any]
 
 
-class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked (not empty without --resume, or resumed with other settings)."""
+class RunDirError(UserError, RuntimeError):
+    """The run directory cannot be used as asked (not empty without --resume, resumed with other settings, or
+    being written by another run)."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +213,8 @@ class RunDir:
 
     def check(self, settings: Mapping[str, Any], resume: bool) -> None:
         """Refuse a non-empty directory without ``resume``, and a resume whose settings differ from the run's."""
-        existing = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+        existing = sorted(p.name for p in self.path.iterdir() if not p.name.startswith(".writer.")) \
+            if self.path.is_dir() else []
         if not resume:
             if existing:
                 shown = ", ".join(existing[:4]) + (", ..." if len(existing) > 4 else "")
@@ -206,12 +227,16 @@ class RunDir:
             if existing:
                 raise RunDirError(f"cannot resume {self.path}: it holds files but no {RUN_FILE}; choose a new --out")
             return
-        started = json.loads(self.run_file.read_text(encoding="utf-8"))
-        changed = [k for k in RESUME_KEYS if k in settings and started.get(k) != settings[k]]
+        try:
+            started = json.loads(self.run_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"cannot resume {self.path}: {self.run_file} is not valid JSON ({exc}); choose a new "
+                              "--out") from None
+        changed = settings_diff(started, settings)
         if changed:
-            details = "; ".join(f"{k}: run has {started.get(k)!r}, now {settings[k]!r}" for k in changed)
             raise RunDirError(
-                f"cannot resume {self.path} with different settings ({details}); use the original flags or a new --out"
+                f"cannot resume {self.path} with different settings ({'; '.join(changed)}); rerun with the "
+                "original flags or choose a new --out"
             )
 
     def prepare(self, settings: Mapping[str, Any], extra_files: Mapping[str, Any] | None = None) -> None:
@@ -224,12 +249,52 @@ class RunDir:
                 _write_json_atomic(self.path / name, content)
 
     def finished(self) -> dict[str, dict[str, Any]]:
-        """Sample id -> record over every shard file (first record wins; an interrupted last line is ignored)."""
+        """Sample id -> record over every shard file: the first record with an output, else the first error record
+        (an interrupted last line is ignored)."""
         records: dict[str, dict[str, Any]] = {}
         for path in self.shard_files():
             for record in read_records(path):
-                records.setdefault(str(record["id"]), record)
+                key = str(record["id"])
+                if key not in records or ("error" in records[key] and "error" not in record):
+                    records[key] = record
         return records
+
+    def drop_errors(self, rank: int) -> int:
+        """Remove the error records from shard ``rank`` (atomically: the file is rewritten and replaced); returns
+        how many were removed. Used by ``--retry-errors`` before the samples are generated again."""
+        path = self.shard_file(rank)
+        records = read_records(path, repair=True)
+        kept = [r for r in records if "error" not in r]
+        if len(kept) < len(records):
+            _write_jsonl_atomic(path, kept)
+        return len(records) - len(kept)
+
+    @contextlib.contextmanager
+    def writer_lock(self, rank: int = 0) -> Iterator[None]:
+        """Hold the OS-level lock of shard ``rank`` for the block; raise RunDirError when another process holds it.
+
+        Re-entrant within a process (the CLI takes it before loading the model, ``run_samples`` again). The lock
+        is released when the process ends in any way, so a killed run never blocks its ``--resume``.
+        """
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path / LOCK_PATTERN.format(rank=rank)), timeout=0, is_singleton=True)
+        owner = self.path / OWNER_PATTERN.format(rank=rank)
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "another process"
+            raise RunDirError(
+                f"run folder {self.path} is being written by another run ({holder}, shard {rank}); wait for it to "
+                "end or stop it, then --resume"
+            ) from None
+        try:
+            if lock.lock_counter == 1:
+                owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n", encoding="utf-8")
+            yield
+        finally:
+            lock.release()
 
     def merge(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
         """All records in sample order, written to ``samples.jsonl``; raises if a sample has no record."""
@@ -239,12 +304,75 @@ class RunDir:
             raise RuntimeError(
                 f"{len(missing)} samples have no record in {self.path} (e.g. {missing[:5]}); rerun with --resume"
             )
-        merged = [finished[s.id] for s in samples]
-        tmp = self.merged_file.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
-        os.replace(tmp, self.merged_file)
+        # The sample's current fields (e.g. a POPE label fixed before --resume) win over those recorded when it was
+        # generated, so samples.jsonl agrees with the files the metrics are computed from.
+        merged = [{**finished[s.id], **_json_ready(s.meta)} for s in samples]
+        stale = sum(m != finished[s.id] for s, m in zip(samples, merged))
+        if stale:
+            logger.warning("%d records carry fields that changed since they were generated (e.g. a fixed label); "
+                           "samples.jsonl has the current values", stale)
+        _write_jsonl_atomic(self.merged_file, merged)
         return merged
+
+
+def _json_ready(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _short(value: Any, width: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _method_diff(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Differences of two ``method_records`` lists: the method names, else each config field that differs."""
+    def names(records: Sequence[Mapping[str, Any]]) -> str:
+        return "+".join(str(r.get("name")) for r in records) or "baseline"
+
+    if [r.get("name") for r in old] != [r.get("name") for r in new]:
+        return [f"--method: run has {names(old)}, now {names(new)}"]
+    changes = []
+    for was, now in zip(old, new):
+        was_cfg, now_cfg = was.get("config"), now.get("config")
+        if isinstance(was_cfg, Mapping) and isinstance(now_cfg, Mapping):
+            for key in sorted(set(was_cfg) | set(now_cfg)):
+                if was_cfg.get(key) != now_cfg.get(key):
+                    changes.append(f"--method-config {was.get('name')}.{key}: run has {_short(was_cfg.get(key))}, "
+                                   f"now {_short(now_cfg.get(key))}")
+        elif was_cfg != now_cfg:
+            changes.append(f"--method-config {was.get('name')}: run has {_short(was_cfg)}, now {_short(now_cfg)}")
+    return changes
+
+
+def settings_diff(started: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """What differs between a run's stored settings and a resume's, one entry per flag with both values.
+
+    Only keys present on both sides are compared (``settings`` may be partial: the CLI checks before the model is
+    loaded, without the model-dependent ones). The sample-list hash is reported only when no named flag explains
+    it (then the question files or image list themselves changed).
+    """
+    changes: list[str] = []
+    for key, flag in RESUME_FLAGS.items():
+        if key not in settings or key not in started or started[key] == settings[key] or key == "samples_sha256":
+            continue
+        if key == "methods":
+            changes += _method_diff(started[key], settings[key])
+        else:
+            changes.append(f"{flag}: run has {_short(started[key])}, now {_short(settings[key])}")
+    sha = "samples_sha256"
+    if not changes and sha in settings and sha in started and started[sha] != settings[sha]:
+        changes.append("the sample list: its ids or prompts differ from the run's (the question files or the "
+                       "image list changed since it started)")
+    return changes
+
+
+def _write_jsonl_atomic(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _write_json_atomic(path: Path, content: Any) -> None:
@@ -306,19 +434,35 @@ def generate_shard(
     max_new_tokens: int,
     progress: bool = True,
     input_config: Any = None,
+    retry_errors: bool = False,
 ) -> int:
     """Generate this process's slice minus the samples already finished; returns how many were written.
 
     Images are loaded one by one so that an unreadable image becomes an error record and its batch goes on. With an
-    input-level method (`input_config`), samples run one at a time: each gets its own crops.
+    input-level method (`input_config`), samples run one at a time: each gets its own crops. With ``retry_errors``
+    the error records of this shard are removed first and every sample without an output is generated again.
+    The shard's writer lock is held throughout.
     """
+    with run_dir.writer_lock(dist.rank):
+        return _generate_shard(model, processor, samples, run_dir, dist, batch_size, max_new_tokens, progress,
+                               input_config, retry_errors)
+
+
+def _generate_shard(
+    model: Any, processor: Any, samples: Sequence[Sample], run_dir: RunDir, dist: DistContext, batch_size: int,
+    max_new_tokens: int, progress: bool, input_config: Any, retry_errors: bool,
+) -> int:
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     shard_path = run_dir.shard_file(dist.rank)
     read_records(shard_path, repair=True)
-    done = set(run_dir.finished())
+    if retry_errors:
+        dropped = run_dir.drop_errors(dist.rank)
+        if dropped:
+            logger.info("rank %d: retrying %d samples recorded as errors", dist.rank, dropped)
+    done = {key for key, record in run_dir.finished().items() if not (retry_errors and "error" in record)}
     mine = shard_samples(samples, dist.rank, dist.world)
     todo = [s for s in mine if s.id not in done]
     if len(todo) < len(mine):
@@ -389,38 +533,49 @@ def run_samples(
     progress: bool = True,
     dist: DistContext | None = None,
     extra_files: Mapping[str, Any] | None = None,
+    retry_errors: bool = False,
 ) -> list[dict[str, Any]] | None:
     """Generate every sample into ``run_dir`` (resumable, sharded) and return the merged records.
 
     ``settings`` is written to ``run.json`` (with ``samples_sha256`` and ``max_new_tokens`` added) and compared on
     ``resume``; ``extra_files`` (name -> JSON content, e.g. the image list) are written beside it. ``configs`` are
     method configs: attention methods are applied with ``vlm_attn.apply`` for the generation, and at most one
-    input-level method (FunnelConfig / ViCropConfig) decides each sample's images through ``vlm_attn.generate``. Returns the records on the main process and
-    None on the others (which only generate their slice).
+    input-level method (FunnelConfig / ViCropConfig) decides each sample's images through ``vlm_attn.generate``.
+    ``retry_errors`` (with ``resume``) generates the samples recorded as errors again, replacing their records.
+    Each process holds its shard's writer lock while it works (a second run on the folder is refused). Returns the
+    records on the main process and None on the others (which only generate their slice).
     """
     import torch
 
     from ..api import apply
     from ..generation import split_methods
 
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise ValueError("sample ids must be unique")
+    check_unique_ids(samples)
+    if retry_errors and not resume:
+        raise UserError("--retry-errors re-runs the failed samples of an existing run: pass --resume too")
     dist = dist or DistContext()
     rd = RunDir(run_dir)
     full_settings = {**settings, "max_new_tokens": max_new_tokens, "samples_sha256": samples_sha256(samples)}
-    full_settings = json.loads(json.dumps(full_settings, default=str))  # as stored, so a resume compares equal
-    rd.check(full_settings, resume)
-    dist.barrier()  # every process has checked the directory before anyone writes to it
-    if dist.is_main:
-        rd.prepare(full_settings, extra_files)
-    dist.barrier()
-    torch.manual_seed(seed)
-    input_config, attention_configs = split_methods(configs)
-    if attention_configs:
-        with apply(model, attention_configs):
-            generate_shard(model, processor, samples, rd, dist, batch_size, max_new_tokens, progress, input_config)
-    else:
-        generate_shard(model, processor, samples, rd, dist, batch_size, max_new_tokens, progress, input_config)
-    dist.barrier()
-    return rd.merge(samples) if dist.is_main else None
+    full_settings = _json_ready(full_settings)  # as stored, so a resume compares equal
+    with rd.writer_lock(dist.rank):
+        rd.check(full_settings, resume)
+        dist.barrier()  # every process has checked the directory before anyone writes to it
+        if dist.is_main:
+            rd.prepare(full_settings, extra_files)
+        dist.barrier()
+        torch.manual_seed(seed)
+        input_config, attention_configs = split_methods(configs)
+        with apply(model, attention_configs) if attention_configs else contextlib.nullcontext():
+            generate_shard(model, processor, samples, rd, dist, batch_size, max_new_tokens, progress, input_config,
+                           retry_errors)
+        dist.barrier()
+        return rd.merge(samples) if dist.is_main else None
+
+
+def check_unique_ids(samples: Sequence[Sample], source: str = "the sample list") -> None:
+    """Raise UserError naming the first id that occurs twice (resuming and merging key on the id)."""
+    seen: set[str] = set()
+    for sample in samples:
+        if sample.id in seen:
+            raise UserError(f"{source}: sample id {sample.id!r} occurs twice; sample ids must be unique")
+        seen.add(sample.id)

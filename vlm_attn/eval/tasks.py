@@ -30,11 +30,12 @@ from .coco import (
     CocoVal2014,
     coco_val2014,
     image_ids as coco_image_ids,
-    load_image_list,
+    read_image_list,
     sample_image_ids,
 )
+from ..errors import UserError
 from .report import metrics_record, write_metrics
-from .runner import RUN_FILE, DistContext, Sample, run_samples
+from .runner import RUN_FILE, DistContext, Sample, check_unique_ids, run_samples, samples_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def pope_samples(
             elif coco is not None:
                 image = coco.image_dir / q.image
             else:
-                raise ValueError(f"POPE split {name!r} names COCO files ({q.image}); pass --coco-root")
+                raise UserError(f"POPE split {name!r} names COCO files ({q.image}); pass --coco-root (the folder "
+                                "holding val2014/)")
             samples.append(Sample(
                 id=f"{name}/{q.question_id}", prompt=template.format(question=q.text), image=image,
                 meta={"split": name, "question_id": q.question_id, "image": q.image, "label": q.label,
@@ -238,7 +240,8 @@ class RunOptions:
     """Generation and bookkeeping options shared by the tasks.
 
     ``max_new_tokens`` None means the task's default; ``command`` (default ``sys.argv``) and ``arguments`` (the
-    parsed CLI flags) are recorded as given.
+    parsed CLI flags) are recorded as given; ``retry_errors`` (with ``resume``) generates the samples recorded as
+    errors again.
     """
 
     batch_size: int = 8
@@ -250,6 +253,7 @@ class RunOptions:
     revision: str | None = None
     command: Sequence[str] | None = None
     arguments: Mapping[str, Any] | None = None
+    retry_errors: bool = False
 
 
 def _finish(
@@ -282,26 +286,171 @@ def _finish(
     return record
 
 
-def _settings(task: Task, model_id: str, configs: Sequence[Any], prompt: str, extra: Mapping[str, Any]) -> dict:
-    return {"task": task.name, "model": model_id, "methods": method_records(configs), "prompt": prompt,
-            "started": _now(), **extra}
+def check_options(options: RunOptions) -> None:
+    """Raise UserError for a generation setting that cannot work; called before any file is read or model loaded."""
+    if options.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {options.batch_size}")
+    if options.max_new_tokens is not None and options.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {options.max_new_tokens} (omit it for the task's default)")
+    if options.limit is not None and options.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {options.limit} (omit it to run every sample)")
+    if options.retry_errors and not options.resume:
+        raise UserError("--retry-errors re-runs the failed samples of an existing run: pass --resume too")
+
+
+def _warn_missing_images(samples: Sequence[Sample], where: Path) -> None:
+    """Missing image files become error records during the run; say so up front (``--resume --retry-errors``
+    generates them once the files are in place)."""
+    paths = sorted({Path(s.image) for s in samples if isinstance(s.image, (str, Path))})
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        logger.warning("%d of %d images are missing under %s (e.g. %s); their samples will be recorded as errors",
+                       len(missing), len(paths), where, missing[0].name)
+
+
+@dataclass(frozen=True)
+class ChairPlan:
+    """A CHAIR run without the model: its samples, the scorer and what run.json records, all checked up front."""
+
+    coco: CocoVal2014
+    image_ids: tuple[int, ...]
+    image_info: Mapping[str, Any]
+    prompt: str
+    max_new_tokens: int
+    samples: tuple[Sample, ...]
+    evaluator: CHAIR
+    settings: Mapping[str, Any]
+    task: Task = CHAIR_TASK
+
+
+@dataclass(frozen=True)
+class PopePlan:
+    """A POPE run without the model: its samples, the questions that score them and what run.json records."""
+
+    splits: Mapping[str, pope_lib.PopeSplit]
+    coco: CocoVal2014 | None
+    prompt: str
+    parse_mode: str
+    max_new_tokens: int
+    samples: tuple[Sample, ...]
+    settings: Mapping[str, Any]
+    task: Task = POPE_TASK
+
+
+def resume_settings(plan: ChairPlan | PopePlan, model_id: str, revision: str | None = None) -> dict[str, Any]:
+    """The run.json settings known before the model is loaded (the CLI checks a resume with them first; the
+    methods and the model's dtype are added once the model is there)."""
+    return _json_ready({
+        "task": plan.task.name, "model": model_id, "revision": revision, **plan.settings,
+        "max_new_tokens": plan.max_new_tokens, "samples_sha256": samples_sha256(plan.samples),
+    })
+
+
+def _run_settings(plan: ChairPlan | PopePlan, model: Any, model_id: str, configs: Sequence[Any],
+                  options: RunOptions) -> dict[str, Any]:
+    return {**resume_settings(plan, model_id, options.revision), "methods": method_records(configs),
+            "dtype": str(getattr(model, "dtype", None)), "started": _now()}
 
 
 # ----------------------------------------------------------------------------------------------- CHAIR
 
 def chair_image_list(
-    coco: CocoVal2014, image_list: str | Path | None = None, num_images: int = DEFAULT_CHAIR_IMAGES, seed: int = 0
+    coco: CocoVal2014, image_list: str | Path | None = None, num_images: int = DEFAULT_CHAIR_IMAGES, seed: int = 0,
+    instances: Mapping[str, Any] | None = None,
 ) -> tuple[list[int], dict[str, Any]]:
     """The CHAIR images and how they were chosen: a user's list, or ``sample_image_ids`` over val2014 with
-    ``seed`` (all images when val2014 has fewer than ``num_images``)."""
+    ``seed`` (all images when val2014 has fewer than ``num_images``).
+
+    A listed image that the val2014 annotations do not know raises UserError naming the list's file and line.
+    """
+    instances = coco.load_instances() if instances is None else instances
+    pool = coco_image_ids(instances)
     if image_list is not None:
-        return load_image_list(image_list), {"source": str(image_list), "sha256": file_sha256(image_list)}
-    pool = coco_image_ids(coco.load_instances())
+        located = read_image_list(image_list)
+        known = set(pool)
+        for where, image_id in located:
+            if image_id not in known:
+                raise UserError(f"{image_list} {where}: image {image_id} is not in {coco.instances_path}; list COCO "
+                                "val2014 images only")
+        return [i for _, i in located], {"source": str(image_list), "sha256": file_sha256(image_list)}
     n = min(num_images, len(pool))
     if n < num_images:
         logger.warning("CHAIR: val2014 annotations list only %d images; using all of them, not %d", n, num_images)
     return sample_image_ids(pool, n, seed), {"source": "sample_image_ids", "seed": seed, "n": n,
                                              "pool": len(pool)}
+
+
+def plan_chair(
+    coco_root: str | Path,
+    options: RunOptions = RunOptions(),
+    image_list: str | Path | None = None,
+    num_images: int = DEFAULT_CHAIR_IMAGES,
+    lemmatizer: str = "auto",
+    prompt: str | None = None,
+) -> ChairPlan:
+    """Check every CHAIR input and build the run (no model needed): the settings, the COCO layout and both
+    annotation files, the image list, the prompt and the CHAIR ground truth of the chosen images."""
+    check_options(options)
+    if image_list is None and num_images < 1:
+        raise UserError(f"--num-images must be >= 1, got {num_images}")
+    prompt = CHAIR_TASK.prompt if prompt is None else prompt
+    if not prompt.strip():
+        raise UserError("--prompt is empty; give the captioning instruction (default: "
+                        f"{CHAIR_TASK.prompt!r})")
+    coco = coco_val2014(coco_root)
+    coco.check()
+    instances = coco.load_instances()
+    captions = coco.load_captions()
+    ids, list_info = chair_image_list(coco, image_list, num_images, options.seed, instances)
+    if options.limit is not None:
+        ids = ids[: options.limit]
+    samples = chair_samples(coco, ids, prompt)
+    check_unique_ids(samples, str(image_list or "the image list"))
+    _warn_missing_images(samples, coco.image_dir)
+    evaluator = CHAIR.from_coco(instances, captions, image_ids=ids, lemmatizer=lemmatizer)
+    settings = {
+        "prompt": prompt, "limit": options.limit, "seed": options.seed,
+        "num_images": None if image_list is not None else num_images,
+        "image_list": None if image_list is None else {"path": str(image_list), "sha256": list_info["sha256"]},
+        "coco_root": str(coco.root),
+    }
+    return ChairPlan(
+        coco=coco, image_ids=tuple(ids), image_info={**list_info, "limit": options.limit, "image_ids": ids},
+        prompt=prompt, max_new_tokens=options.max_new_tokens or CHAIR_TASK.max_new_tokens, samples=tuple(samples),
+        evaluator=evaluator, settings=settings,
+    )
+
+
+def execute_chair(
+    model: Any, processor: Any, model_id: str, plan: ChairPlan, out: str | Path, configs: Sequence[Any] = (),
+    options: RunOptions = RunOptions(), dist: DistContext | None = None,
+) -> dict[str, Any] | None:
+    """Generate, score and record a planned CHAIR run (see ``run_chair``)."""
+    dist = dist or DistContext()
+    out = Path(out)
+    records = run_samples(
+        model, processor, list(plan.samples), out, _run_settings(plan, model, model_id, configs, options),
+        configs=configs, batch_size=options.batch_size, max_new_tokens=plan.max_new_tokens, seed=options.seed,
+        resume=options.resume, progress=options.progress, dist=dist, extra_files={IMAGE_LIST_FILE: plan.image_info},
+        retry_errors=options.retry_errors,
+    )
+    if records is None:
+        return None
+    metrics, details = score_chair(records, plan.evaluator)
+    (out / CHAIR_DETAILS_FILE).write_text(json.dumps(details, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    provenance = {
+        "dataset": {
+            "name": "COCO val2014", "root": str(plan.coco.root),
+            "instances_sha256": file_sha256(plan.coco.instances_path),
+            "captions_sha256": file_sha256(plan.coco.captions_path),
+        },
+        "image_list": plan.image_info,
+        "image_list_file": IMAGE_LIST_FILE,
+        "prompt": plan.prompt,
+        "lemmatizer": plan.evaluator.lemmatizer_name,
+    }
+    return _finish(CHAIR_TASK, out, model, model_id, configs, options, plan.max_new_tokens, metrics, provenance,
+                   records, dist)
 
 
 def run_chair(
@@ -321,43 +470,23 @@ def run_chair(
     """Caption the CHAIR images, score them, write ``metrics.json``; returns its record (None off the main process).
 
     Writes ``image_list.json`` (the images run, after ``options.limit``) and ``chair_details.json`` (per caption).
+    Every input is checked (``plan_chair``) before the first sample is generated.
     """
-    dist = dist or DistContext()
-    coco = coco_val2014(coco_root)
-    coco.check()
-    ids, list_info = chair_image_list(coco, image_list, num_images, options.seed)
-    if options.limit is not None:
-        ids = ids[: options.limit]
-    prompt = prompt or CHAIR_TASK.prompt
-    max_new = options.max_new_tokens or CHAIR_TASK.max_new_tokens
-    samples = chair_samples(coco, ids, prompt)
-    out = Path(out)
-    image_info = {**list_info, "limit": options.limit, "image_ids": ids}
-    records = run_samples(
-        model, processor, samples, out, _settings(CHAIR_TASK, model_id, configs, prompt, {"coco_root": str(coco.root)}),
-        configs=configs, batch_size=options.batch_size, max_new_tokens=max_new, seed=options.seed,
-        resume=options.resume, progress=options.progress, dist=dist, extra_files={IMAGE_LIST_FILE: image_info},
-    )
-    if records is None:
-        return None
-    evaluator = CHAIR.from_coco(coco.load_instances(), coco.load_captions(), image_ids=ids, lemmatizer=lemmatizer)
-    metrics, details = score_chair(records, evaluator)
-    (out / CHAIR_DETAILS_FILE).write_text(json.dumps(details, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    provenance = {
-        "dataset": {
-            "name": "COCO val2014", "root": str(coco.root),
-            "instances_sha256": file_sha256(coco.instances_path),
-            "captions_sha256": file_sha256(coco.captions_path),
-        },
-        "image_list": image_info,
-        "image_list_file": IMAGE_LIST_FILE,
-        "prompt": prompt,
-        "lemmatizer": evaluator.lemmatizer_name,
-    }
-    return _finish(CHAIR_TASK, out, model, model_id, configs, options, max_new, metrics, provenance, records, dist)
+    plan = plan_chair(coco_root, options, image_list, num_images, lemmatizer, prompt)
+    return execute_chair(model, processor, model_id, plan, out, configs, options, dist)
 
 
 # ----------------------------------------------------------------------------------------------- POPE
+
+def _check_split_names(splits: Sequence[str]) -> None:
+    if not splits:
+        raise UserError(f"--splits is empty; choose from {', '.join(pope_lib.SPLITS)}")
+    for index, name in enumerate(splits):
+        if name not in pope_lib.SPLITS:
+            raise UserError(f"--splits: unknown split {name!r}; choose from {', '.join(pope_lib.SPLITS)}")
+        if name in splits[:index]:
+            raise UserError(f"--splits names {name!r} twice; list each split once")
+
 
 def load_pope_splits(
     pope_dir: str | Path | None = None,
@@ -366,10 +495,18 @@ def load_pope_splits(
     splits: Sequence[str] = pope_lib.SPLITS,
 ) -> dict[str, pope_lib.PopeSplit]:
     """POPE questions from a folder of the standard files, from explicit files, or from the HF hub (in that order
-    of preference; the hub only when neither is given)."""
+    of preference; the hub only when neither is given). Every question is checked as it is read (see
+    ``pope.load_pope_jsonl``); two files of one split are refused."""
     if pope_files:
-        loaded = [pope_lib.load_pope_jsonl(_existing(p, "--pope-file")) for p in pope_files]
-        return {s.name: s for s in loaded}
+        loaded: dict[str, pope_lib.PopeSplit] = {}
+        for path in pope_files:
+            split = pope_lib.load_pope_jsonl(_existing(path, "--pope-file"))
+            if split.name in loaded:
+                raise UserError(f"--pope-file {path} and {loaded[split.name].provenance['path']} are both split "
+                                f"{split.name!r} (read from the file names); pass one file per split")
+            loaded[split.name] = split
+        return loaded
+    _check_split_names(list(splits))
     if pope_dir is not None:
         if not Path(pope_dir).is_dir():
             raise FileNotFoundError(
@@ -379,7 +516,7 @@ def load_pope_splits(
     dataset = hf_dataset or pope_lib.HF_DATASET
     try:
         return {s: pope_lib.load_pope_hf(s, dataset=dataset) for s in splits}
-    except ImportError:
+    except (ImportError, UserError):
         raise
     except Exception as exc:  # datasets raises many types (ConnectionError, DatasetNotFoundError, OSError, ...)
         raise RuntimeError(
@@ -393,6 +530,80 @@ def _existing(path: str | Path, flag: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {path} does not exist")
     return path
+
+
+def check_pope_template(template: str) -> None:
+    """A POPE prompt must place the question (``{question}``) and may hold no other ``{field}``."""
+    if "{question}" not in template:
+        raise UserError(f"--prompt {template!r} has no {{question}}: the POPE prompt is a template, e.g. "
+                        f"{POPE_TASK.prompt!r}")
+    try:
+        template.format(question="q")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"--prompt {template!r}: only {{question}} may stand in braces ({type(exc).__name__}: "
+                        f"{exc}); write {{{{ and }}}} for literal braces") from None
+
+
+def plan_pope(
+    splits: Mapping[str, pope_lib.PopeSplit],
+    options: RunOptions = RunOptions(),
+    coco_root: str | Path | None = None,
+    parse_mode: str = "official",
+    prompt: str | None = None,
+) -> PopePlan:
+    """Check every POPE input and build the run (no model needed): settings, parse mode, prompt template, the
+    COCO image folder and the samples (labels were checked when the questions were read)."""
+    check_options(options)
+    if parse_mode not in pope_lib.PARSE_MODES:
+        raise UserError(f"POPE parse mode must be one of {pope_lib.PARSE_MODES}, not {parse_mode!r}")
+    if not splits:
+        raise UserError("no POPE splits to run; pass --pope-dir, --pope-file or --pope-hf")
+    coco = None
+    if coco_root is not None:
+        coco = coco_val2014(coco_root)
+        if not coco.image_dir.is_dir():
+            raise FileNotFoundError(f"COCO images not found: {coco.image_dir}; download val2014.zip from "
+                                    f"cocodataset.org and unzip it into {coco.root}")
+    template = POPE_TASK.prompt if prompt is None else prompt
+    check_pope_template(template)
+    samples = pope_samples(splits, coco, template, options.limit)
+    check_unique_ids(samples, "the POPE questions")
+    if coco is not None:
+        _warn_missing_images(samples, coco.image_dir)
+    settings = {"prompt": template, "limit": options.limit, "seed": options.seed, "splits": list(splits),
+                "coco_root": str(coco.root) if coco is not None else None}
+    return PopePlan(
+        splits=dict(splits), coco=coco, prompt=template, parse_mode=parse_mode,
+        max_new_tokens=options.max_new_tokens or POPE_TASK.max_new_tokens, samples=tuple(samples), settings=settings,
+    )
+
+
+def execute_pope(
+    model: Any, processor: Any, model_id: str, plan: PopePlan, out: str | Path, configs: Sequence[Any] = (),
+    options: RunOptions = RunOptions(), dist: DistContext | None = None,
+) -> dict[str, Any] | None:
+    """Generate, score and record a planned POPE run (see ``run_pope``). Metrics use the labels of the question
+    files as they are now, and so does ``samples.jsonl`` (a label fixed before ``--resume`` is used in both)."""
+    dist = dist or DistContext()
+    out = Path(out)
+    records = run_samples(
+        model, processor, list(plan.samples), out, _run_settings(plan, model, model_id, configs, options),
+        configs=configs, batch_size=options.batch_size, max_new_tokens=plan.max_new_tokens, seed=options.seed,
+        resume=options.resume, progress=options.progress, dist=dist, retry_errors=options.retry_errors,
+    )
+    if records is None:
+        return None
+    metrics = score_pope(records, plan.splits, plan.parse_mode)
+    provenance = {
+        "dataset": {name: split.provenance for name, split in plan.splits.items()},
+        "coco_root": str(plan.coco.root) if plan.coco is not None else None,
+        "limit_per_split": options.limit,
+        "image_list": sorted({str(r["image"]) for r in records}),
+        "prompt": plan.prompt,
+        "parse_mode": plan.parse_mode,
+    }
+    return _finish(POPE_TASK, out, model, model_id, configs, options, plan.max_new_tokens, metrics, provenance,
+                   records, dist)
 
 
 def run_pope(
@@ -409,37 +620,6 @@ def run_pope(
     dist: DistContext | None = None,
 ) -> dict[str, Any] | None:
     """Answer the POPE questions (first ``options.limit`` per split), score, write ``metrics.json``; returns its
-    record (None off the main process)."""
-    if parse_mode not in pope_lib.PARSE_MODES:
-        raise ValueError(f"POPE parse mode must be one of {pope_lib.PARSE_MODES}, not {parse_mode!r}")
-    dist = dist or DistContext()
-    coco = None
-    if coco_root is not None:
-        coco = coco_val2014(coco_root)
-        if not coco.image_dir.is_dir():
-            raise FileNotFoundError(f"COCO images not found: {coco.image_dir}; download val2014.zip from "
-                                    f"cocodataset.org and unzip it into {coco.root}")
-    template = prompt or POPE_TASK.prompt
-    if "{question}" not in template:
-        raise ValueError("the POPE prompt must contain {question}")
-    max_new = options.max_new_tokens or POPE_TASK.max_new_tokens
-    samples = pope_samples(splits, coco, template, options.limit)
-    out = Path(out)
-    records = run_samples(
-        model, processor, samples, out,
-        _settings(POPE_TASK, model_id, configs, template, {"splits": list(splits)}),
-        configs=configs, batch_size=options.batch_size, max_new_tokens=max_new, seed=options.seed,
-        resume=options.resume, progress=options.progress, dist=dist,
-    )
-    if records is None:
-        return None
-    metrics = score_pope(records, splits, parse_mode)
-    provenance = {
-        "dataset": {name: split.provenance for name, split in splits.items()},
-        "coco_root": str(coco.root) if coco is not None else None,
-        "limit_per_split": options.limit,
-        "image_list": sorted({str(r["image"]) for r in records}),
-        "prompt": template,
-        "parse_mode": parse_mode,
-    }
-    return _finish(POPE_TASK, out, model, model_id, configs, options, max_new, metrics, provenance, records, dist)
+    record (None off the main process). Every input is checked (``plan_pope``) before the first sample."""
+    plan = plan_pope(splits, options, coco_root, parse_mode, prompt)
+    return execute_pope(model, processor, model_id, plan, out, configs, options, dist)

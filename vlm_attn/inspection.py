@@ -9,7 +9,9 @@ answer token) to the image tokens, mean over heads, twice:
 
 Both are raw probabilities on the image's token grid: each map sums to the share of the row's attention that the
 grid's tokens get (the image mass), so a method that moves attention onto the image makes the after-map heavier.
-Methods that find sink tokens (VAR) expose them per layer; the visual ones are marked as grid cells.
+Methods that find sink tokens (VAR) expose them per layer; the visual ones are marked as grid cells. The figure
+(`Inspection.render`) draws per layer the before and after maps and their change (after minus before), each with
+its colour bar, over the part of the image the model saw (`FamilyAdapter.seen_region`).
 
     look = vlm_attn.inspect_attention(model, processor, "street.jpg", "What colour is the car?",
                                       vlm_attn.VARConfig(), layers=[2, 14])

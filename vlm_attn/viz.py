@@ -107,19 +107,22 @@ def _heat(
     return COLORMAPS[cmap](_upsample(grid, size, value_range)).astype(np.float64)
 
 
-def _outline_masks(boxes: Sequence[Sequence[float]], size: tuple[int, int], line: int) -> np.ndarray:
-    """``(n, H, W)`` bool: the `line`-pixel outline of each box, drawn inside its edges (right/bottom exclusive)."""
+def _outline_pixels(box: Sequence[float], size: tuple[int, int], line: int) -> np.ndarray:
+    """Sorted flat indices ``y * W + x`` of the `line`-pixel outline of `box`, inside its edges and the image."""
     width, height = size
-    ys, xs = np.mgrid[0:height, 0:width]
-    masks = np.zeros((len(boxes), height, width), dtype=bool)
-    for k, box in enumerate(boxes):
-        left, top, right, bottom = (round(float(v)) for v in box)
-        if right <= left or bottom <= top:
-            raise ValueError(f"box {tuple(box)} is empty")
-        inside = (xs >= left) & (xs < right) & (ys >= top) & (ys < bottom)
-        edge = (xs < left + line) | (xs >= right - line) | (ys < top + line) | (ys >= bottom - line)
-        masks[k] = inside & edge
-    return masks
+    left, top, right, bottom = (round(float(v)) for v in box)
+    if right <= left or bottom <= top:
+        raise ValueError(f"box {tuple(box)} is empty")
+    bands = ((top, top + line, left, right), (bottom - line, bottom, left, right),
+             (top, bottom, left, left + line), (top, bottom, right - line, right))
+    parts = []
+    for y0, y1, x0, x1 in bands:
+        y0, y1 = max(y0, top, 0), min(y1, bottom, height)
+        x0, x1 = max(x0, left, 0), min(x1, right, width)
+        if y1 > y0 and x1 > x0:
+            ys, xs = np.mgrid[y0:y1, x0:x1]
+            parts.append((ys * width + xs).ravel())
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
 def draw_boxes(image: Image.Image, boxes: Sequence[Sequence[float]], line: int | None = None) -> Image.Image:
@@ -128,21 +131,26 @@ def draw_boxes(image: Image.Image, boxes: Sequence[Sequence[float]], line: int |
     Where one outline runs alone it is solid; where several boxes share outline pixels (coincident boxes, e.g.
     focal and alpha boxes capped at the image's shorter side, or boxes pushed against the same image edge) the
     shared pixels alternate between their colours in dashes of ``3 * line`` pixels, so each box shows along the
-    whole shared stretch.
+    whole shared stretch. Work is proportional to the outlines' length, not the image's area.
     """
     out = to_rgb(image)
     if not boxes:
         return out
     line = line or _line_width(out.size)
-    masks = _outline_masks(boxes, out.size, line)
-    count = masks.sum(axis=0)
-    rank = np.cumsum(masks, axis=0) - 1  # the rank of each box among the boxes covering a pixel
-    ys, xs = np.mgrid[0 : out.height, 0 : out.width]
-    turn = ((xs + ys) // (3 * line)) % np.maximum(count, 1)  # which covering box owns this dash
-    arr = np.array(out)
-    for k in range(len(boxes)):
-        arr[masks[k] & (rank[k] == turn)] = box_color(k)
-    return Image.fromarray(arr)
+    outlines = [_outline_pixels(box, out.size, line) for box in boxes]
+    keys = np.concatenate(outlines)
+    owners = np.concatenate([np.full(len(o), k) for k, o in enumerate(outlines)])
+    order = np.lexsort((owners, keys))  # by pixel, then by box order
+    keys, owners = keys[order], owners[order]
+    _, first, count = np.unique(keys, return_index=True, return_counts=True)
+    group = np.repeat(np.arange(len(first)), count)
+    rank = np.arange(len(keys)) - first[group]  # each box's rank among the boxes covering its pixel
+    ys, xs = np.divmod(keys, out.width)
+    turn = ((xs + ys) // (3 * line)) % count[group]  # which covering box owns this dash
+    mine = rank == turn
+    arr = np.array(out).reshape(-1, 3)
+    arr[keys[mine]] = np.array([box_color(k) for k in range(len(boxes))], dtype=np.uint8)[owners[mine]]
+    return Image.fromarray(arr.reshape(out.height, out.width, 3))
 
 
 def draw_attention(

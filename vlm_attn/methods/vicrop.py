@@ -163,11 +163,11 @@ def window_search(
         region: ``(left, top, right, bottom)`` of the image, in original pixels, that the map's grid covers (what
             the processor showed the model, `FamilyAdapter.seen_region`); None: the whole image.
 
-    Units: the map's cells tile ``region``, a cell being ``(r - l)/gw x (b - t)/gh`` original pixels. For each ``r`` the window spans
-    ``floor(bbox_size * r / cell)`` cells per axis (at least 1, at most the grid; a ``1e-9`` tolerance absorbs
-    floating-point error). A ratio whose window covers the whole map on both axes is skipped; when every ratio is
-    skipped the whole image is returned. Ties: the first maximum scanning columns then rows (smallest ``x``, then
-    smallest ``y``, as the authors' loop does), and the first ratio in ``ratios``.
+    Units: the map's cells tile ``region``, a cell being ``(r - l)/gw x (b - t)/gh`` original pixels. For each ``r``
+    the window spans ``floor(bbox_size * r / cell)`` cells per axis (at least 1, at most the grid; a ``1e-9``
+    tolerance absorbs floating-point error). A ratio whose window covers the whole map on both axes is skipped; when
+    every ratio is skipped the whole image is returned. Ties: the first maximum scanning columns then rows (smallest
+    ``x``, then smallest ``y``, as the authors' loop does), and the first ratio in ``ratios``.
 
     Returns:
         ``(left, top, right, bottom)``: a box of ``round(bbox_size * r)`` pixels per axis (rounded half up, clipped

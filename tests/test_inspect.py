@@ -151,3 +151,22 @@ def test_cli_inspect_var_png(tiny_cache, monkeypatch, capsys, tmp_path):
         main(["inspect", *flags, "--layers", "two", "--out", str(one)])
     with pytest.raises(SystemExit, match="out of range"):
         main(["inspect", *flags, "--layers", "9", "--out", str(one)])
+
+
+def test_maps_cover_the_seen_region_and_rows_carry_the_change(load, image):
+    """Tiny LLaVA on the 80 x 60 image: shortest edge 60 -> 48, 64 wide, crop 8 view px = x 10..70 of the photo.
+
+    The panels (image enlarged to 256 wide, x 3.2) lay the maps over x 32..224; a third panel shows the change.
+    """
+    model, proc = load("llava")
+    look = vlm_attn.inspect_attention(model, proc, image, PROMPT, var(), layers=[2])
+    assert look.region == (10.0, 0.0, 70.0, 60.0) and look.to_dict()["region"] == [10.0, 0.0, 70.0, 60.0]
+    (before, after, change), = look.panel_rows()
+    assert before.region == after.region == change.region == pytest.approx((32.0, 0.0, 224.0, 192.0))
+    torch.testing.assert_close(torch.as_tensor(change.grid_map), look.layers[0].after - look.layers[0].before)
+    moved = float(look.layers[0].change.abs().max())
+    assert moved > 0 and change.value_range == pytest.approx((-moved, moved))
+    pixels = before.picture()
+    shown = image.resize(pixels.size, Image.Resampling.BICUBIC)
+    outside = (5, 100)  # x 5 < 32: not seen, so only greyed
+    assert pixels.getpixel(outside) == tuple(round(0.5 * v + 64) for v in shown.getpixel(outside))

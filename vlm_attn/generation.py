@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from .methods.anchor import AnchorMap, capture_anchor_map, resolve_layer
-from .methods.crops import Box, to_rgb
+from .methods.crops import Box, Region, to_rgb
 from .methods.funnel import (
     FunnelConfig,
     Portfolio,
@@ -45,11 +45,18 @@ FUNNEL_IMAGE_NAMES = ("original", "focal", "alpha1", "alpha2")
 # ------------------------------------------------------------------------------------------- decisions
 @dataclass(frozen=True)
 class FunnelDecision:
-    """What the Visual Funnel decided for one image: the anchoring map and the entropy-scaled portfolio."""
+    """What the Visual Funnel decided for one image: the anchoring map and the entropy-scaled portfolio.
+
+    The map's grid lies over `region` of the image (original pixels, `FamilyAdapter.seen_region`).
+    """
 
     anchor: AnchorMap
     portfolio: Portfolio
     anchor_prompt: str
+
+    @property
+    def region(self) -> Region:
+        return self.portfolio.region
 
     @property
     def attention(self) -> torch.Tensor:
@@ -66,7 +73,10 @@ class FunnelDecision:
 
 @dataclass(frozen=True)
 class ViCropDecision:
-    """What ViCrop rel-att decided: the question and general maps, their ratio, and the crop box."""
+    """What ViCrop rel-att decided: the question and general maps, their ratio, and the crop box.
+
+    The maps' grid lies over `region` of the image (original pixels, `FamilyAdapter.seen_region`).
+    """
 
     question: AnchorMap
     general: AnchorMap
@@ -74,6 +84,7 @@ class ViCropDecision:
     box: Box
     bbox_size: int
     prompts: tuple[str, str]
+    region: Region
 
     @property
     def attention(self) -> torch.Tensor:
@@ -130,10 +141,12 @@ class GenerationResult:
         if isinstance(d, FunnelDecision):
             p = d.portfolio
             out.update(layer=d.anchor.layer, grid=list(d.anchor.grid.shape), entropy=p.entropy, alpha1=p.alpha1,
-                       alpha2=p.alpha2, focal_side=p.focal_side, centers=[list(c) for c in p.centers],
+                       alpha2=p.alpha2, focal_side=p.focal_side, region=list(p.region),
+                       centers=[list(c) for c in p.centers],
                        boxes=[list(b) for b in p.boxes], attention=d.attention.tolist(), steered=d.anchor.steered)
         elif isinstance(d, ViCropDecision):
             out.update(layer=d.question.layer, grid=list(d.question.grid.shape), bbox_size=d.bbox_size,
+                       region=list(d.region),
                        boxes=[list(d.box)], attention=d.relative.tolist(), steered=d.question.steered)
         if self.report:
             out["report"] = self.report
@@ -209,15 +222,21 @@ def _funnel_selection(adapter: FamilyAdapter, fallback: str) -> tuple[list[int],
 def funnel_decide(
     model: nn.Module, processor: Any, image: ImageLike, question: str, config: FunnelConfig | None = None
 ) -> FunnelDecision:
-    """Contextual anchoring and the entropy-scaled portfolio for one image (no answer is generated)."""
+    """Contextual anchoring and the entropy-scaled portfolio for one image (no answer is generated).
+
+    The map is laid over the part of the image the processor showed the model (`FamilyAdapter.seen_region`), so
+    centroids and boxes are in original-image pixels where the model looked.
+    """
     config = config or FunnelConfig()
     adapter = get_adapter(model)
     rgb = load_rgb(image)
     layer = resolve_layer(adapter, config.anchor_layer)
     focal = config.focal_side if config.focal_side is not None else adapter.focal_side()
     prompt = build_anchor_prompt(question, config.anchor_prompt)
-    anchor = capture_anchor_map(model, _inputs(model, processor, [rgb], prompt), layer)
-    portfolio = funnel_portfolio(anchor.attention, rgb.size, focal, config.entropy_eps)
+    inputs = _inputs(model, processor, [rgb], prompt)
+    region = adapter.seen_region(processor, rgb.size, inputs)
+    anchor = capture_anchor_map(model, inputs, layer)
+    portfolio = funnel_portfolio(anchor.attention, rgb.size, focal, config.entropy_eps, region=region)
     return FunnelDecision(anchor=anchor, portfolio=portfolio, anchor_prompt=prompt)
 
 
@@ -229,18 +248,24 @@ def vicrop_decide(
     config: ViCropConfig | None = None,
     vqa: bool = False,
 ) -> ViCropDecision:
-    """ViCrop rel-att: question map / general map at one layer, then the sharpness-ruled window search."""
+    """ViCrop rel-att: question map / general map at one layer, then the sharpness-ruled window search.
+
+    The maps are laid over the part of the image the processor showed the model (`FamilyAdapter.seen_region`).
+    """
     config = config or ViCropConfig()
     adapter = get_adapter(model)
     rgb = load_rgb(image)
     layer = resolve_layer(adapter, config.layer)
     bbox = config.bbox_size if config.bbox_size is not None else adapter.focal_side()
     prompts = build_attention_prompts(question, vqa, config)
-    q_map = capture_anchor_map(model, _inputs(model, processor, [rgb], prompts[0]), layer)
+    q_inputs = _inputs(model, processor, [rgb], prompts[0])
+    region = adapter.seen_region(processor, rgb.size, q_inputs)
+    q_map = capture_anchor_map(model, q_inputs, layer)
     g_map = capture_anchor_map(model, _inputs(model, processor, [rgb], prompts[1]), layer)
     relative = relative_map(q_map.raw, g_map.raw, config.eps)
-    box = window_search(relative, rgb.size, bbox, config.ratios)
-    return ViCropDecision(question=q_map, general=g_map, relative=relative, box=box, bbox_size=bbox, prompts=prompts)
+    box = window_search(relative, rgb.size, bbox, config.ratios, region=region)
+    return ViCropDecision(question=q_map, general=g_map, relative=relative, box=box, bbox_size=bbox, prompts=prompts,
+                          region=region)
 
 
 # ------------------------------------------------------------------------------------------- generate

@@ -9,7 +9,9 @@ answer token) to the image tokens, mean over heads, twice:
 
 Both are raw probabilities on the image's token grid: each map sums to the share of the row's attention that the
 grid's tokens get (the image mass), so a method that moves attention onto the image makes the after-map heavier.
-Methods that find sink tokens (VAR) expose them per layer; the visual ones are marked as grid cells.
+Methods that find sink tokens (VAR) expose them per layer; the visual ones are marked as grid cells. The figure
+(`Inspection.render`) draws per layer the before and after maps and their change (after minus before), each with
+its colour bar, over the part of the image the model saw (`FamilyAdapter.seen_region`).
 
     look = vlm_attn.inspect_attention(model, processor, "street.jpg", "What colour is the car?",
                                       vlm_attn.VARConfig(), layers=[2, 14])
@@ -31,7 +33,7 @@ from PIL import Image
 from torch import nn
 
 from .engine.method import CallState
-from .methods.crops import with_vqa_suffix
+from .methods.crops import Region, with_vqa_suffix
 from .methods.inspect_capture import capture_rows
 from .patches.base import ImageGrid, get_adapter
 from .prompting import build_inputs
@@ -92,13 +94,18 @@ class LayerInspection:
 
 @dataclass(frozen=True)
 class Inspection:
-    """What `inspect_attention` saw: the image, its token grid, and one `LayerInspection` per chosen layer."""
+    """What `inspect_attention` saw: the image, its token grid, and one `LayerInspection` per chosen layer.
+
+    `region` is where the grid lies on the image, ``(left, top, right, bottom)`` in image pixels: the part the
+    processor showed the model (`FamilyAdapter.seen_region`, e.g. LLaVA's centre square).
+    """
 
     image: Image.Image
     prompt: str
     grid: ImageGrid
     layers: tuple[LayerInspection, ...]
     methods: tuple[str, ...]
+    region: Region
 
     def layer(self, index: int) -> LayerInspection:
         """The inspection of decoder layer `index` (KeyError naming the inspected layers otherwise)."""
@@ -108,10 +115,13 @@ class Inspection:
         raise KeyError(f"layer {index} was not inspected; inspected layers: {[x.layer for x in self.layers]}")
 
     def panel_rows(self, min_width: int = 256) -> list[list[Any]]:
-        """One row of `vlm_attn.viz.Panel` per layer: "before" and "after", on one colour scale per layer.
+        """One row of `vlm_attn.viz.Panel` per layer: "before", "after" and "change" (after minus before).
 
         The image is enlarged (aspect kept) to at least `min_width` pixels so that titles and sink marks stay
-        legible; the scale of a layer runs from 0 to the largest cell of its two maps, so the panels compare.
+        legible. Before and after share one colour scale per layer, from 0 to the largest cell of the two maps, so
+        they compare; the change panel is blue where the methods took attention away, white where nothing moved and
+        red where they added it, on a scale symmetric about 0 that its own largest change fills, so that even a
+        small change shows. Each panel carries its colour bar; heatmaps cover the region the model saw.
         """
         from .viz import Panel
 
@@ -119,22 +129,30 @@ class Inspection:
         if shown.width < min_width:
             height = max(1, round(shown.height * min_width / shown.width))
             shown = shown.resize((min_width, height), Image.Resampling.BICUBIC)
+        fx, fy = shown.width / self.image.width, shown.height / self.image.height
+        left, top, right, bottom = self.region
+        region = (left * fx, top * fy, right * fx, bottom * fy)
         names = "+".join(self.methods)
         rows = []
         for item in self.layers:
-            top = float(max(item.before.max(), item.after.max()))
-            scale = (0.0, top if top > 0 else 1.0)
+            peak = float(max(item.before.max(), item.after.max()))
+            scale = (0.0, peak if peak > 0 else 1.0)
+            change = item.change
+            moved = float(change.abs().max())
             marks = list(item.sink_cells)
             rows.append([
-                Panel(shown, item.before, marks=marks, value_range=scale,
+                Panel(shown, item.before, marks=marks, value_range=scale, region=region, mark_label="visual sink",
                       title=f"L{item.layer} before: image {item.before_mass:.3f}"),
-                Panel(shown, item.after, marks=marks, value_range=scale,
+                Panel(shown, item.after, marks=marks, value_range=scale, region=region, mark_label="visual sink",
                       title=f"L{item.layer} after {names}: image {item.after_mass:.3f}"),
+                Panel(shown, change, value_range=(-moved, moved) if moved > 0 else (-1.0, 1.0), region=region,
+                      cmap="diverging", alpha=0.8,
+                      title=f"L{item.layer} change (after - before): image {item.after_mass - item.before_mass:+.3f}"),
             ])
         return rows
 
     def render(self, min_width: int = 256) -> Image.Image:
-        """The figure: per layer (top to bottom) the before and after heatmaps, visual sinks outlined in red."""
+        """The figure: per layer (top to bottom) the before, after and change heatmaps, visual sinks in red."""
         from .viz import render_rows
 
         return render_rows(self.panel_rows(min_width))
@@ -142,7 +160,8 @@ class Inspection:
     def to_dict(self, maps: bool = True) -> dict[str, Any]:
         """Plain, JSON-ready data: prompt, grid, methods and each layer (`LayerInspection.to_dict`)."""
         return {
-            "prompt": self.prompt, "grid": list(self.grid.shape), "methods": list(self.methods),
+            "prompt": self.prompt, "grid": list(self.grid.shape), "region": list(self.region),
+            "methods": list(self.methods),
             "layers": [item.to_dict(maps) for item in self.layers],
         }
 
@@ -243,6 +262,7 @@ def inspect_attention(
     text = with_vqa_suffix(prompt, vqa)
     inputs = build_inputs(processor, [rgb], [text]).to(model.device)
     grid = adapter.image_grid(inputs)
+    region = adapter.seen_region(processor, rgb.size, inputs)
     handle = existing if existing is not None else apply(model, config_list)
     try:
         engine = handle.engine
@@ -275,4 +295,4 @@ def inspect_attention(
             visual_sinks_off_grid=off_grid,
             text_sinks=text_sinks,
         ))
-    return Inspection(image=rgb, prompt=text, grid=grid, layers=tuple(items), methods=names)
+    return Inspection(image=rgb, prompt=text, grid=grid, layers=tuple(items), methods=names, region=region)

@@ -4,8 +4,10 @@ Each method that can be pictured has a panel builder in `PANEL_BUILDERS` (name -
 and a text summary); the figure is the rows top to bottom, each row's panels side by side
 (`vlm_attn.viz.render_rows`). The Funnel draws its anchoring heatmap with the focal / alpha1 / alpha2 boxes (white,
 cyan, green), ViCrop its question, general and relative maps with the crop box, and the attention methods (VAR,
-PAI, PAINT) one row per layer: the last prompt row's attention over the image before and after the method, with
-VAR's visual sink tokens outlined in red (`vlm_attn.inspect_attention`).
+PAI, PAINT) one row per layer: the last prompt row's attention over the image before and after the method and the
+change (after minus before, blue - white - red), with VAR's visual sink tokens outlined in red
+(`vlm_attn.inspect_attention`). Every heatmap has its colour bar and covers the part of the image the model saw
+(`FamilyAdapter.seen_region`; the rest is greyed); boxes are named in a legend under their panel.
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ def funnel_panels(model: Any, processor: Any, image: Image.Image, args: argparse
 
     decision = funnel_decide(model, processor, image, args.prompt, build_input_config("funnel", args))
     p = decision.portfolio
-    panels = [Panel(image, decision.attention, boxes=p.boxes,
+    panels = [Panel(image, decision.attention, boxes=p.boxes, region=decision.region,
+                    box_labels=("focal", f"alpha1 x{p.alpha1:.2f}", f"alpha2 x{p.alpha2:.2f}"),
                     title=f"funnel L{decision.anchor.layer} H={p.entropy:.2f}")]
     if args.crops:
         names = ("focal", f"alpha1 x{p.alpha1:.2f}", f"alpha2 x{p.alpha2:.2f}")
         panels += [Panel(c, title=n) for c, n in zip(crop_portfolio(image, p)[1:], names)]
     summary = {"method": "funnel", "layer": decision.anchor.layer, "grid": list(decision.anchor.grid.shape),
                "entropy": p.entropy, "alpha1": p.alpha1, "alpha2": p.alpha2, "focal_side": p.focal_side,
-               "boxes": [list(b) for b in p.boxes], "steered": decision.anchor.steered}
+               "region": list(decision.region), "boxes": [list(b) for b in p.boxes],
+               "steered": decision.anchor.steered}
     return [panels], summary
 
 
@@ -51,11 +55,13 @@ def vicrop_panels(model: Any, processor: Any, image: Image.Image, args: argparse
 
     decision = vicrop_decide(model, processor, image, args.prompt, build_input_config("vicrop", args), args.vqa)
     layer = decision.question.layer
-    panels = [Panel(image, decision.question.attention, boxes=[decision.box], title=f"question L{layer}"),
-              Panel(image, decision.general.attention, boxes=[decision.box], title="general"),
-              Panel(image, decision.relative, boxes=[decision.box], title="relative")]
+    maps = ((decision.question.attention, f"question L{layer}"), (decision.general.attention, "general"),
+            (decision.relative, "relative"))
+    panels = [Panel(image, grid, boxes=[decision.box], box_labels=("crop",), region=decision.region, title=title)
+              for grid, title in maps]
     summary = {"method": "vicrop", "layer": layer, "grid": list(decision.question.grid.shape),
-               "bbox_size": decision.bbox_size, "boxes": [list(decision.box)], "steered": decision.question.steered}
+               "bbox_size": decision.bbox_size, "region": list(decision.region), "boxes": [list(decision.box)],
+               "steered": decision.question.steered}
     return [panels], summary
 
 
@@ -145,12 +151,15 @@ def register(sub: Any) -> None:
         help="draw where the model looks (attention heatmap) and what the method changes or decides",
         description="Writes a figure of the attention of the last prompt row (the row that predicts the answer's\n"
                     "first token) to the image tokens, mean over heads, drawn as a heatmap over the image.\n\n"
-                    "Attention methods (var, pai, paint): one row per layer (--layers) with two panels,\n"
-                    "  before = the unsteered model, after = the steered model after the method's edits there.\n"
-                    "  Both panels of a row share one colour scale; titles give the row's attention mass on the\n"
+                    "Attention methods (var, pai, paint): one row per layer (--layers) with three panels,\n"
+                    "  before = the unsteered model, after = the steered model after the method's edits there,\n"
+                    "  change = after minus before (blue: attention taken away, red: added; its own scale).\n"
+                    "  Before and after share one colour scale; titles give the row's attention mass on the\n"
                     "  image; VAR's visual sink tokens at that layer are outlined and crossed in red.\n"
                     "Input-level methods (funnel, vicrop): the anchoring map(s) at the anchor layer with the\n"
-                    "  boxes the method chose.",
+                    "  boxes the method chose, named in a legend.\n"
+                    "Each heatmap has a colour bar and covers the part of the image the model saw (the\n"
+                    "  processor's crop, e.g. LLaVA's centre square); the rest of the image is greyed.",
         epilog="examples:\n"
                "  vlm-attn inspect --model llava-hf/llava-1.5-7b-hf --image street.jpg --prompt 'Is there a dog?' "
                "--method var --layers 2,14,30 --out look.png --answer\n"

@@ -5,8 +5,11 @@ Conventions used throughout:
 * An attention *grid* is a 2-D map of shape ``(gh, gw)``: row ``i`` is the image-token row from the top,
   column ``j`` the column from the left, exactly as the image tokens are laid out by the vision encoder.
 * Image sizes are ``(W, H)`` in pixels, as PIL reports them.
-* Cell ``(i, j)`` covers ``[j * W/gw, (j+1) * W/gw) x [i * H/gh, (i+1) * H/gh)`` of the original image, so its
-  centre is ``((j + 0.5) * W/gw, (i + 0.5) * H/gh)``.
+* The grid is laid over the *seen region* ``(l, t, r, b)``: the rectangle of the original image, in original
+  pixels, that the processor turned into the grid's picture (`FamilyAdapter.seen_region`; the whole image when
+  none is given). Cell ``(i, j)`` covers ``[l + j * cw, l + (j+1) * cw) x [t + i * ch, t + (i+1) * ch)`` with
+  ``cw = (r - l) / gw`` and ``ch = (b - t) / gh``, so its centre is ``(l + (j + 0.5) * cw, t + (i + 0.5) * ch)``.
+  LLaVA's centre crop makes the region narrower than the image; padding makes it reach past the image.
 * A :data:`Box` is ``(left, top, right, bottom)`` in integer pixels with ``right``/``bottom`` exclusive, the form
   ``PIL.Image.crop`` takes; every box built here lies inside ``[0, W] x [0, H]``.
 """
@@ -22,6 +25,9 @@ from PIL import Image
 
 Box = tuple[int, int, int, int]
 """``(left, top, right, bottom)`` in integer pixels, right/bottom exclusive (PIL crop convention)."""
+
+Region = tuple[float, float, float, float]
+"""``(left, top, right, bottom)`` in original-image pixels (floats): where an attention grid lies on the image."""
 
 MapLike = Union[torch.Tensor, np.ndarray]
 
@@ -62,26 +68,54 @@ def as_grid(grid_map: MapLike) -> torch.Tensor:
     return grid
 
 
-def cell_centers(grid: tuple[int, int], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel centres of the cells of a ``(gh, gw)`` grid laid over an image of size ``(W, H)``.
+def check_region(region: Region | None, image_size: tuple[int, int]) -> Region:
+    """The seen region as four floats; the whole image ``(0, 0, W, H)`` when ``region`` is None.
 
-    Returns ``(xs, ys)``: float64 tensors of shapes ``(gw,)`` and ``(gh,)`` with
-    ``xs[j] = (j + 0.5) * W / gw`` and ``ys[i] = (i + 0.5) * H / gh``.
+    A region must be finite with ``right > left`` and ``bottom > top``; it may reach past the image (padding).
+    """
+    width, height = check_image_size(image_size)
+    if region is None:
+        return 0.0, 0.0, float(width), float(height)
+    if len(region) != 4:
+        raise ValueError(f"region must be (left, top, right, bottom), got {region!r}")
+    left, top, right, bottom = (float(v) for v in region)
+    if not all(math.isfinite(v) for v in (left, top, right, bottom)) or right <= left or bottom <= top:
+        raise ValueError(f"region must be a finite (left, top, right, bottom) with right > left, bottom > top, "
+                         f"got {region!r}")
+    return left, top, right, bottom
+
+
+def cell_size(grid: tuple[int, int], image_size: tuple[int, int], region: Region | None = None) -> tuple[float, float]:
+    """``(cell width, cell height)`` in original-image pixels of a ``(gh, gw)`` grid over ``region``."""
+    left, top, right, bottom = check_region(region, image_size)
+    return (right - left) / grid[1], (bottom - top) / grid[0]
+
+
+def cell_centers(
+    grid: tuple[int, int], image_size: tuple[int, int], region: Region | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres of the cells of a ``(gh, gw)`` grid laid over ``region`` of an image of size ``(W, H)``.
+
+    Returns ``(xs, ys)``: float64 tensors of shapes ``(gw,)`` and ``(gh,)`` with ``xs[j] = l + (j + 0.5) * cw``
+    and ``ys[i] = t + (i + 0.5) * ch`` (see the module conventions; the whole image when ``region`` is None).
     """
     gh, gw = grid
-    width, height = check_image_size(image_size)
-    xs = (torch.arange(gw, dtype=torch.float64) + 0.5) * (width / gw)
-    ys = (torch.arange(gh, dtype=torch.float64) + 0.5) * (height / gh)
+    left, top, _, _ = check_region(region, image_size)
+    cw, ch = cell_size(grid, image_size, region)
+    xs = left + (torch.arange(gw, dtype=torch.float64) + 0.5) * cw
+    ys = top + (torch.arange(gh, dtype=torch.float64) + 0.5) * ch
     return xs, ys
 
 
-def cells_in_box(grid: tuple[int, int], image_size: tuple[int, int], box: Box) -> torch.Tensor:
-    """Boolean ``(gh, gw)`` mask of the cells whose centre lies inside ``box``.
+def cells_in_box(
+    grid: tuple[int, int], image_size: tuple[int, int], box: Box, region: Region | None = None
+) -> torch.Tensor:
+    """Boolean ``(gh, gw)`` mask of the cells whose centre (over ``region``) lies inside ``box``.
 
     The test is closed on all four sides (``left <= x <= right``, ``top <= y <= bottom``): a centre lying exactly on
     an edge counts as inside, so a box never loses a cell to the exclusive-edge convention of PIL crops.
     """
-    xs, ys = cell_centers(grid, image_size)
+    xs, ys = cell_centers(grid, image_size, region)
     left, top, right, bottom = box
     inside_x = (xs >= left) & (xs <= right)
     inside_y = (ys >= top) & (ys <= bottom)
@@ -89,9 +123,12 @@ def cells_in_box(grid: tuple[int, int], image_size: tuple[int, int], box: Box) -
 
 
 def weighted_centroid(
-    weights: torch.Tensor, image_size: tuple[int, int], mask: torch.Tensor | None = None
+    weights: torch.Tensor,
+    image_size: tuple[int, int],
+    mask: torch.Tensor | None = None,
+    region: Region | None = None,
 ) -> tuple[float, float] | None:
-    """Attention-weighted centroid of the cell centres, in original-image pixels.
+    """Attention-weighted centroid of the cell centres (over ``region``), in original-image pixels.
 
     ``weights`` is a non-negative ``(gh, gw)`` map; ``mask`` (same shape, bool) restricts the sum to some cells.
     Returns ``(x, y)``, or ``None`` when the (restricted) weights hold no mass, so that callers choose their own
@@ -102,7 +139,7 @@ def weighted_centroid(
     total = float(weights.sum())
     if total <= 0.0:
         return None
-    xs, ys = cell_centers((weights.shape[0], weights.shape[1]), image_size)
+    xs, ys = cell_centers((weights.shape[0], weights.shape[1]), image_size, region)
     x = float((weights.sum(dim=0) * xs).sum()) / total
     y = float((weights.sum(dim=1) * ys).sum()) / total
     return x, y

@@ -28,9 +28,11 @@ from vlm_attn.methods.crops import (
     VQA_SUFFIX,
     Box,
     MapLike,
+    Region,
     as_grid,
     cells_in_box,
     check_image_size,
+    check_region,
     fit_box,
     to_rgb,
     weighted_centroid,
@@ -188,6 +190,8 @@ class Portfolio:
         boxes: ``(focal, alpha1, alpha2)`` square boxes ``(left, top, right, bottom)``, integer pixels.
         image_size: ``(W, H)`` of the image the boxes refer to.
         focal_side: the requested focal side ``S`` (before any cap).
+        region: ``(left, top, right, bottom)``, where the map's grid lies on the image in original pixels (the
+            part of the image the model saw; see :mod:`vlm_attn.methods.crops`).
     """
 
     attention: torch.Tensor
@@ -198,6 +202,7 @@ class Portfolio:
     boxes: tuple[Box, Box, Box]
     image_size: tuple[int, int]
     focal_side: int
+    region: Region
 
     @property
     def sides(self) -> tuple[int, int, int]:
@@ -216,10 +221,12 @@ def _square_box(center: tuple[float, float], side: int, image_size: tuple[int, i
     return fit_box(center, side, side, image_size)
 
 
-def _center_in(attention: torch.Tensor, image_size: tuple[int, int], box: Box) -> tuple[float, float]:
+def _center_in(
+    attention: torch.Tensor, image_size: tuple[int, int], box: Box, region: Region
+) -> tuple[float, float]:
     """Centroid of the mass whose cell centres lie in ``box``; the box centre when that region holds no mass."""
-    mask = cells_in_box((attention.shape[0], attention.shape[1]), image_size, box)
-    center = weighted_centroid(attention, image_size, mask)
+    mask = cells_in_box((attention.shape[0], attention.shape[1]), image_size, box, region)
+    center = weighted_centroid(attention, image_size, mask, region)
     if center is None:
         logger.debug("no attention mass inside box %s; using the box centre", box)
         return (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
@@ -227,7 +234,11 @@ def _center_in(attention: torch.Tensor, image_size: tuple[int, int], box: Box) -
 
 
 def funnel_portfolio(
-    attention: MapLike, image_size: tuple[int, int], focal_side: int, eps: float = ENTROPY_EPS
+    attention: MapLike,
+    image_size: tuple[int, int],
+    focal_side: int,
+    eps: float = ENTROPY_EPS,
+    region: Region | None = None,
 ) -> Portfolio:
     """Build the entropy-scaled portfolio of three nested square boxes from an anchoring map.
 
@@ -237,8 +248,11 @@ def funnel_portfolio(
         image_size: ``(W, H)`` of the original image in pixels.
         focal_side: the focal side ``S`` in pixels (the encoder input size).
         eps: epsilon of the entropy.
+        region: ``(left, top, right, bottom)`` of the image, in original pixels, that the map's grid covers
+            (what the processor showed the model, `FamilyAdapter.seen_region`); None: the whole image.
 
-    Centres: ``mu0`` is the weighted centroid of the cell centres over the whole map; ``mu1`` the centroid of the
+    Cell centres lie in ``region`` (see :mod:`vlm_attn.methods.crops`). Centres: ``mu0`` is the weighted centroid
+    of the cell centres over the whole map; ``mu1`` the centroid of the
     cells whose centre lies inside the focal box (closed edges); ``mu2`` the same inside the alpha1 box; a region
     without mass falls back to its box's centre. Boxes: sides ``S``, ``alpha1*S``, ``alpha2*S`` rounded half up
     and capped at ``min(W, H)`` so the box stays square and fits; each centred at its ``mu`` and then shifted (not
@@ -247,16 +261,17 @@ def funnel_portfolio(
     if isinstance(focal_side, bool) or not isinstance(focal_side, int) or focal_side < 1:
         raise ValueError(f"focal_side must be an int >= 1 (pixels), got {focal_side!r}")
     size = check_image_size(image_size)
+    seen = check_region(region, size)
     grid = _to_distribution(as_grid(attention))
     entropy = normalized_entropy(grid, eps)
     alpha1, alpha2 = portfolio_scales(entropy)
 
     # A distribution always has mass; the image centre only satisfies the type checker.
-    mu0 = weighted_centroid(grid, size) or (size[0] / 2.0, size[1] / 2.0)
+    mu0 = weighted_centroid(grid, size, region=seen) or (size[0] / 2.0, size[1] / 2.0)
     focal_box = _square_box(mu0, _box_side(1.0, focal_side, size), size)
-    mu1 = _center_in(grid, size, focal_box)
+    mu1 = _center_in(grid, size, focal_box, seen)
     box1 = _square_box(mu1, _box_side(alpha1, focal_side, size), size)
-    mu2 = _center_in(grid, size, box1)
+    mu2 = _center_in(grid, size, box1, seen)
     box2 = _square_box(mu2, _box_side(alpha2, focal_side, size), size)
 
     if focal_side > min(size):
@@ -270,6 +285,7 @@ def funnel_portfolio(
         boxes=(focal_box, box1, box2),
         image_size=size,
         focal_side=focal_side,
+        region=seen,
     )
 
 

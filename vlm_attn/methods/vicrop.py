@@ -20,7 +20,9 @@ repository: ``utils.bbox_from_att_image_adaptive``, ``llava_methods.rel_attentio
   images above 1024 pixels is not part of this module.
 
 Our small deviations, all documented on :func:`window_search`: integer rounding half up instead of truncation,
-a window of at least one cell, and a floating-point tolerance in the cell count.
+a window of at least one cell, and a floating-point tolerance in the cell count. The map's cells tile the part of
+the image the processor showed the model (the seen region: LLaVA's HF processor centre-crops a non-square photo),
+where the authors' code lays the grid over the whole image.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from vlm_attn.methods.crops import (
     VQA_SUFFIX,
     Box,
     MapLike,
+    Region,
     as_grid,
     check_image_size,
+    check_region,
     fit_box,
     to_rgb,
     with_vqa_suffix,
@@ -147,6 +151,7 @@ def window_search(
     image_size: tuple[int, int],
     bbox_size: int,
     ratios: tuple[float, ...] = DEFAULT_RATIOS,
+    region: Region | None = None,
 ) -> Box:
     """The ViCrop crop box: sliding maximum-sum window, ratio chosen by sharpness.
 
@@ -155,25 +160,28 @@ def window_search(
         image_size: ``(W, H)`` of the original image.
         bbox_size: base crop side in pixels (the encoder input size).
         ratios: crop-size multipliers ``r``.
+        region: ``(left, top, right, bottom)`` of the image, in original pixels, that the map's grid covers (what
+            the processor showed the model, `FamilyAdapter.seen_region`); None: the whole image.
 
-    Units: the map's cells tile the image, a cell being ``W/gw x H/gh`` pixels. For each ``r`` the window spans
-    ``floor(bbox_size * r / cell)`` cells per axis (at least 1, at most the grid; a ``1e-9`` tolerance absorbs
-    floating-point error). A ratio whose window covers the whole map on both axes is skipped; when every ratio is
-    skipped the whole image is returned. Ties: the first maximum scanning columns then rows (smallest ``x``, then
-    smallest ``y``, as the authors' loop does), and the first ratio in ``ratios``.
+    Units: the map's cells tile ``region``, a cell being ``(r - l)/gw x (b - t)/gh`` original pixels. For each ``r``
+    the window spans ``floor(bbox_size * r / cell)`` cells per axis (at least 1, at most the grid; a ``1e-9``
+    tolerance absorbs floating-point error). A ratio whose window covers the whole map on both axes is skipped; when
+    every ratio is skipped the whole image is returned. Ties: the first maximum scanning columns then rows (smallest
+    ``x``, then smallest ``y``, as the authors' loop does), and the first ratio in ``ratios``.
 
     Returns:
         ``(left, top, right, bottom)``: a box of ``round(bbox_size * r)`` pixels per axis (rounded half up, clipped
-        to ``W`` and ``H`` separately, as the authors do), centred at the winning window's centre in pixels and
-        shifted inside the image.
+        to ``W`` and ``H`` separately, as the authors do), centred at the winning window's centre in original
+        pixels (inside ``region``) and shifted inside the image.
     """
     grid = as_grid(att_map).numpy()
     width, height = check_image_size(image_size)
     if isinstance(bbox_size, bool) or not isinstance(bbox_size, int) or bbox_size < 1:
         raise ValueError(f"bbox_size must be an int >= 1 (pixels), got {bbox_size!r}")
     _check_ratios(ratios)
+    left, top, right, bottom = check_region(region, (width, height))
     gh, gw = grid.shape
-    cell_w, cell_h = width / gw, height / gh
+    cell_w, cell_h = (right - left) / gw, (bottom - top) / gh
 
     best: tuple[float, float, int, int, int, int] | None = None  # (sharpness, ratio, x, y, kx, ky)
     for ratio in (float(r) for r in ratios):
@@ -194,7 +202,7 @@ def window_search(
         logger.debug("every window covers the whole %dx%d map; cropping the whole image", gh, gw)
         return 0, 0, width, height
     _, ratio, x, y, kx, ky = best
-    center = ((x + kx / 2.0) * cell_w, (y + ky / 2.0) * cell_h)
+    center = (left + (x + kx / 2.0) * cell_w, top + (y + ky / 2.0) * cell_h)
     side = max(math.floor(bbox_size * ratio + 0.5), 1)
     return fit_box(center, min(side, width), min(side, height), (width, height))
 

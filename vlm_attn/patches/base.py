@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..methods.crops import Region
 
 _FAMILIES: dict[str, type["FamilyAdapter"]] = {}
 
@@ -277,6 +280,25 @@ class FamilyAdapter:
             f"vlm-attn does not know the image-token grid of {self.model_types}: Visual Funnel and ViCrop need it "
             "(add `image_grid` to the family adapter)"
         )
+
+    def seen_region(
+        self, processor: Any, image_size: tuple[int, int], inputs: Any = None, image_index: int = 0
+    ) -> "Region":
+        """Where the picture behind `image_grid(inputs, image_index)` lies on the original image.
+
+        Returns ``(left, top, right, bottom)`` in original-image pixels (floats): the grid's cells tile this
+        rectangle evenly, so the Funnel / ViCrop maps, their centroids and boxes, and the `inspect` heatmaps are
+        laid over it. It lies inside the image when the processor crops (LLaVA's centre crop) and reaches past the
+        image when it pads. `processor` is the model's processor (or its image processor), `image_size` the
+        original ``(W, H)``, `inputs` the processor outputs of the prompt (for families whose layout depends on
+        them).
+
+        Default: the whole image, for processors that resize the whole picture to the grid's input, aspect ratio
+        changed or not: Qwen-VL's smart resize, Gemma 3 and PaliGemma (square resize), the Idefics3 / SmolVLM
+        global view and the InternVL thumbnail (the whole image resized to one tile).
+        """
+        width, height = image_size
+        return (0.0, 0.0, float(width), float(height))
 
     # ------------------------------------------------------------ PAI guidance: the image-free prompt
     def image_free_mask(self, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:

@@ -55,6 +55,20 @@ class Gemma3Adapter(FamilyAdapter):
             raise ValueError(f"gemma3: image block {image_index} holds {run.length} soft tokens, expected {tokens}")
         return ImageGrid(start=run.offset, shape=(side, side))
 
+    def seen_region(
+        self, processor: Any, image_size: tuple[int, int], inputs: Any = None, image_index: int = 0
+    ) -> tuple[float, float, float, float]:
+        """The whole image, resized to the square encoder input. With pan-and-scan, blocks after the first image's
+        full view may be crops, whose place is not tracked: only block 0 is located then."""
+        from ._geometry import image_processor
+
+        if image_index > 0 and getattr(image_processor(processor), "do_pan_and_scan", False):
+            raise ValueError(
+                "gemma3: with pan-and-scan on, only the first image's full view (image_index 0) has a known place; "
+                "turn do_pan_and_scan off to locate later images"
+            )
+        return super().seen_region(processor, image_size, inputs, image_index)
+
     def paint_capture(self, sink: Callable[[str, list[Any]], None]) -> list[Any]:
         """PAINT on SigLIP (no CLS: column-mean scores for both streams and the summary, SPEC §4, ours).
 

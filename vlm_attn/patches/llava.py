@@ -111,6 +111,16 @@ class LlavaAdapter(FamilyAdapter):
         check_index(image_index, sum(r.length for r in image_runs(self, inputs)) // per_image, "llava")
         return llava_base_grid(self.config, image_index)
 
+    def seen_region(
+        self, processor: Any, image_size: tuple[int, int], inputs: Any = None, image_index: int = 0
+    ) -> tuple[float, float, float, float]:
+        """The centre square the CLIP processor keeps: (pad to square with `do_pad`,) resize the shortest edge,
+        centre-crop. LLaVA-1.5 (336 px) on a 640 x 480 photo sees x 80..560 of it, all of y."""
+        from ._geometry import View, clip_style_view, image_processor
+
+        proc = image_processor(processor)
+        return clip_style_view(proc, View.of(image_size), pad_first=bool(getattr(proc, "do_pad", False))).region
+
     @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
         from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor

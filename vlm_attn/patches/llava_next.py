@@ -79,6 +79,15 @@ class LlavaNextAdapter(FamilyAdapter):
             raise ValueError("llava_next: only the first image's grid can be located (tile counts vary per image)")
         return llava_base_grid(self.config, 0, tokens_per_image=0)
 
+    def seen_region(
+        self, processor: Any, image_size: tuple[int, int], inputs: Any = None, image_index: int = 0
+    ) -> tuple[float, float, float, float]:
+        """The base view is the whole image stretched to the square `size` (then the per-patch resize and centre
+        crop, which keep all of it when crop_size equals the size, as on the released checkpoints)."""
+        from ._geometry import anyres_base_view
+
+        return anyres_base_view(processor, image_size).region
+
     @classmethod
     def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
         from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor

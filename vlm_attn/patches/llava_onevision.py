@@ -66,6 +66,18 @@ class LlavaOnevisionAdapter(ImageOnlyProcessorFamily):
         check_index(image_index, count, "llava_onevision")
         return ImageGrid(start=image_index * (side * side + 1) if count > 1 else 0, shape=(side, side))
 
+    def seen_region(
+        self, processor: Any, image_size: tuple[int, int], inputs: Any = None, image_index: int = 0
+    ) -> tuple[float, float, float, float]:
+        """One image per prompt: the anyres base view, the whole image stretched to `size`. Several images per
+        prompt: each is padded to a square (centred) and resized, so the grid reaches past the image's short sides."""
+        from ._geometry import View, anyres_base_view, clip_style_view
+
+        counts = inputs.get("batch_num_images") if inputs is not None and hasattr(inputs, "get") else None
+        if counts is not None and int(counts[0]) > 1:
+            return clip_style_view(processor, View.of(image_size), pad_first=True).region
+        return anyres_base_view(processor, image_size).region
+
     def paint_capture(self, sink: Callable[[str, list[Any]], None]) -> list[Any]:
         """PAINT reads the base (whole-image) view of each image, like LLaVA-NeXT (our choice, documented).
 

@@ -126,9 +126,10 @@ def apply(model: nn.Module, configs: Any | Iterable[Any]) -> Handle:
 
     adapter = get_adapter(model)
     config_list = _as_list(configs)
-    guidance_settings(config_list)  # several guidance configs must agree (one guidance pass runs)
+    guidance = guidance_settings(config_list)  # several guidance configs must agree (one guidance pass runs)
     methods = [build_method(c) for c in config_list]
     engine = Engine(model, adapter, methods)
+    engine.expects_guidance = guidance is not None
     engine.install()
     handle = Handle(model, engine, config_list)
     setattr(model, HANDLE_ATTR, handle)

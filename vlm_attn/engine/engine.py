@@ -46,6 +46,9 @@ class Engine:
         self._attn_modules: list[nn.Module] = []
         self._previous_impl: str | None = None
         self.paused = False  # True while an unsteered side pass (PAI's image-free guidance) runs
+        # Set by `apply` when a config asks for PAI/PAINT image-free guidance: a decode step of a call whose
+        # guidance processor never ran is then reported (report()["guidance"] == "missing") and logged once.
+        self.expects_guidance = False
 
     @contextlib.contextmanager
     def pause(self) -> Iterator[None]:
@@ -138,6 +141,24 @@ class Engine:
                 )
         else:
             self.call.extend(new_mask)
+            self._check_guidance()
+
+    def mark_guidance(self) -> None:
+        """Called by the image-free guidance processor at each step: this call's scores are guided."""
+        if self.call is not None:
+            self.call.guidance_ran = True
+
+    def _check_guidance(self) -> None:
+        """A decode step has started: if guidance is configured, its processor must have run on the first scores."""
+        call = self.call
+        if not self.expects_guidance or call is None or call.guidance_ran or call.guidance_warned:
+            return
+        call.guidance_warned = True
+        logger.warning(
+            "vlm-attn: PAI/PAINT guidance is configured but this generate call has no guidance processor, so the "
+            "output is NOT guided; generate with handle.generate(...) or vlm_attn.steered_generate(model, ...), or "
+            "pass logits_processor=handle.logits_processor(inputs) (guidance=False in the config if unwanted)"
+        )
 
     def _layer_hook(self, idx: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -166,6 +187,9 @@ class Engine:
             "sequence_length": self.call.seq_len,
             "image_tokens": [int(n) for n in self.call.image_mask.sum(dim=1)],
         }
+        if self.expects_guidance:
+            out["guidance"] = "applied" if self.call.guidance_ran else (
+                "missing" if self.call.guidance_warned else "not reached (no decode step)")
         for method in self.methods:
             out[method.name] = method.summary(self.call)
         return out

@@ -114,6 +114,9 @@ class ImageFreeGuidance(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         free = self.image_free_logits(input_ids).to(scores.device)
+        handle = getattr(self.model, HANDLE_ATTR, None)
+        if handle is not None:
+            handle.engine.mark_guidance()
         return guided_logits(scores, free, self.gamma, self.cutoff).to(scores.dtype)
 
 

@@ -89,9 +89,10 @@ class Engine:
             setattr(module, attention.ENGINE_ATTR, self)
             self._attn_modules.append(module)
         self._hooks.append(self.model.register_forward_pre_hook(self._top_pre_hook, with_kwargs=True))
-        if any(m.wants_layer_inputs for m in self.methods):
+        observers = [m for m in self.methods if type(m).observe_layer_input is not AttentionMethod.observe_layer_input]
+        if observers:
             for idx, layer in enumerate(self.layers):
-                self._hooks.append(layer.register_forward_pre_hook(self._layer_hook(idx), with_kwargs=True))
+                self._hooks.append(layer.register_forward_pre_hook(self._layer_hook(idx, observers), with_kwargs=True))
         self.adapter.set_text_attn_implementation(name)
 
     def remove(self) -> None:
@@ -160,15 +161,14 @@ class Engine:
             "pass logits_processor=handle.logits_processor(inputs) (guidance=False in the config if unwanted)"
         )
 
-    def _layer_hook(self, idx: int):
+    def _layer_hook(self, idx: int, observers: list[AttentionMethod]):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             call = self.call
             hidden = args[0] if args else kwargs.get("hidden_states")
             if self.paused or call is None or hidden is None or hidden.shape[1] > call.seq_len:
                 return
-            for method in self.methods:
-                if method.wants_layer_inputs:
-                    method.observe_layer_input(call, idx, hidden)
+            for method in observers:
+                method.observe_layer_input(call, idx, hidden)
 
         return hook
 
@@ -176,10 +176,11 @@ class Engine:
     def layer_view(self, layer_idx: int, q_len: int, kv_len: int) -> LayerView:
         call = self.call
         assert call is not None
-        return LayerView(layer_idx, self.num_layers, call, call.view_parts(q_len, kv_len))
+        return LayerView(layer_idx, call, call.view_parts(q_len, kv_len))
 
     def report(self) -> dict[str, Any]:
-        """What each method did during the most recent call (plain data)."""
+        """What each method did during the most recent call (plain data), under its name (`name#2`, `name#3`...
+        for further instances of one name: each instance keeps its own state)."""
         if self.call is None:
             return {}
         out: dict[str, Any] = {
@@ -191,5 +192,9 @@ class Engine:
             out["guidance"] = "applied" if self.call.guidance_ran else (
                 "missing" if self.call.guidance_warned else "not reached (no decode step)")
         for method in self.methods:
-            out[method.name] = method.summary(self.call)
+            name, n = method.name, 1
+            while name in out:
+                n += 1
+                name = f"{method.name}#{n}"
+            out[name] = method.summary(self.call)
         return out

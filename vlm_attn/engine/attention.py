@@ -69,7 +69,7 @@ def methods_asking(module: torch.nn.Module, q_len: int, kv_len: int) -> tuple[La
     engine = getattr(module, ENGINE_ATTR, None)
     if engine is None or engine.call is None or not engine.methods or engine.paused:
         return None, []
-    view = engine.layer_view(module.layer_idx, q_len, kv_len)
+    view = LayerView(module.layer_idx, engine.call, engine.call.view_parts(q_len, kv_len))
     asked = [(m, r) for m in engine.methods if (r := m.rows(view)) is not None]
     if q_len > 1:  # prefill: drop empty requests (one host sync each); decode requests are taken as they are
         asked = [(m, r) for m, r in asked if bool(r.any())]
@@ -131,17 +131,15 @@ def row_mask(attention_mask: torch.Tensor | None, rows: RowSet, view: LayerView)
     """Additive fp32 mask (B, 1, R, K) of the gathered rows; None for a decode row with no mask (it sees every key).
 
     Mask rebuild: SDPA may have been given mask=None with is_causal, so causality is rebuilt from positions. At a
-    decode step the layers of one forward share their mask tensor (one per layer type): each is converted once.
+    decode step the layers of one forward share their mask tensor (one per layer type): each is converted once (the
+    entry holds the mask, so its id cannot be reused while the entry lives).
     """
     if view.query_image.shape[1] > 1:
         return _additive(attention_mask, rows, view)
     if attention_mask is None:
         return None
-    masks = view.shared("decode_masks", dict)
-    cached = masks.get(id(attention_mask))
-    if cached is None or cached[0] is not attention_mask:
-        cached = masks[id(attention_mask)] = (attention_mask, _additive(attention_mask, rows, view))
-    return cached[1]
+    make = lambda: (attention_mask, _additive(attention_mask, rows, view))  # noqa: E731
+    return view.shared(("decode_mask", id(attention_mask)), make)[1]
 
 
 def _additive(attention_mask: torch.Tensor | None, rows: RowSet, view: LayerView) -> torch.Tensor:
@@ -182,11 +180,8 @@ def _union(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
 def write_back(
     out: torch.Tensor | None, weights: Any, new: torch.Tensor, changed: torch.Tensor, rows: RowSet
 ) -> tuple[torch.Tensor, Any]:
-    """Write the recomputed rows (B, R, H, D) over the base output, only in the (head, row) cells a method changed.
-
-    With no base output (decode fast path) the recomputed row is the output. The base output is not written in
-    place: transformers may hand the same tensor on.
-    """
+    """Write the recomputed rows (B, R, H, D) over a copy of the base output in the (head, row) cells a method
+    changed; with no base output (decode fast path) the recomputed row is the output."""
     if out is None:
         return new, None
     keep = changed.transpose(1, 2)[..., None]  # (B, R, H, 1)

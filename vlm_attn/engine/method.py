@@ -174,7 +174,7 @@ class AttentionMethod:
     """Base class of the attention methods the engine runs. Override only what the method needs.
 
     Per-call data goes into `call.store[self]` / `call.report[self]` (keyed by the instance, so two methods of one
-    class never share it); `summary` turns it into the method's part of `handle.report()`.
+    class never share it). The engine hooks the decoder layers only for methods that override `observe_layer_input`.
     """
 
     name: str = "method"
@@ -186,17 +186,14 @@ class AttentionMethod:
         """Undo what `bind` attached to the model (extra hooks); called by the engine on `remove`."""
 
     def observe_layer_input(self, call: CallState, layer_idx: int, hidden: torch.Tensor) -> None:
-        """See the hidden state (B, Q, D) of this forward's Q new tokens entering decoder layer `layer_idx`.
-
-        The engine hooks the decoder layers only when some method overrides this."""
+        """See the hidden state (B, Q, D) of this forward's Q new tokens entering decoder layer `layer_idx`."""
 
     def rows(self, view: LayerView) -> torch.Tensor | None:
         """(B, Q) bool of query rows to edit in this call, or None when the method does nothing here (fast path)."""
         return None
 
     def decode_rows_cover_all(self, view: LayerView) -> bool:
-        """Whether, at a decode step, `rows` asks for the row of every sample; the engine then skips the base SDPA
-        call, whose output would be recomputed anyway. Must not sync with the device per step. False is safe."""
+        """At a decode step, whether `rows` asks for every sample's row (then SDPA is skipped); no per-step sync."""
         return False
 
     def edit_logits(self, view: LayerView, rows: RowSet, scores: torch.Tensor) -> Edit | None:
@@ -208,5 +205,5 @@ class AttentionMethod:
         return None
 
     def summary(self, call: CallState) -> dict[str, Any]:
-        """What the method did in the last call, as plain data for reports."""
+        """What the method did in the last call, as plain data for `handle.report()`."""
         return {}

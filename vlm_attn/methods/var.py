@@ -170,12 +170,17 @@ def var_step(
     return _redistribute(probs, sets, sums, selected), selected
 
 
-def load_sink_dims(path: str | Path) -> tuple[tuple[int, ...], dict[str, Any]]:
-    """Sink dims from a calibration JSON written by `calibrate_sinks` (dims, and the record for checks)."""
+def load_sink_dims(path: str | Path, hidden_size: int | None = None) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """Sink dims from a calibration JSON written by `calibrate_sinks` (dims, and the record for checks).
+
+    With `hidden_size`, a file calibrated on a model of another hidden size is refused."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"sink-dims file {p} does not exist: run `vlm-attn calibrate-sinks --model ... --out {p}`")
     record = json.loads(p.read_text())
+    if hidden_size is not None and record.get("hidden_size") not in (None, hidden_size):
+        raise ValueError(f"sink dims in {p} were calibrated on hidden size {record['hidden_size']} "
+                         f"({record.get('model')}), but this model has {hidden_size}: recalibrate for this model")
     return tuple(int(d) for d in record["sink_dims"]), record
 
 
@@ -202,12 +207,7 @@ class VARMethod(AttentionMethod):
         source = "explicit"
         if isinstance(dims, (str, Path)):
             source = f"file {dims}"
-            dims, record = load_sink_dims(dims)
-            if record.get("hidden_size") not in (None, hidden):
-                raise ValueError(
-                    f"sink dims in {self.config.sink_dims} were calibrated on hidden size {record['hidden_size']} "
-                    f"({record.get('model')}), but this model has {hidden}: recalibrate for this model"
-                )
+            dims, _ = load_sink_dims(dims, hidden)
         elif dims is None:
             entry = adapter.lookup_sink_dims()
             if entry is None:
@@ -268,9 +268,7 @@ class VARMethod(AttentionMethod):
         return store["sets"][layer_idx][..., 2] > 0  # the p-scaled sink column (p > 0 whenever VAR looks)
 
     def rows(self, view: LayerView) -> torch.Tensor | None:
-        if self.config.p == 0 or view.layer_idx not in self.layers:
-            return None
-        store = view.call.store.get(self)
+        store = view.call.store.get(self)  # None when VAR has not looked (no layer input seen, or p = 0)
         if store is None or view.layer_idx not in store["sets"]:
             return None
         has_visual = store["has_visual"][view.layer_idx]

@@ -91,5 +91,5 @@ def test_sample_without_image_stays_imageless_through_decode():
         parts = call.view_parts(1, call.seq_len)
         assert parts["text_after_image"].tolist() == [[True], [False]]
         assert not call.all_have_image()
-    view = LayerView(2, 4, call, parts)
+    view = LayerView(2, call, parts)
     assert view.last_row().tolist() == [[True], [False]]

@@ -127,6 +127,44 @@ def test_no_state_leaks_between_samples(load):
     assert sinks_first != sinks_second
 
 
+def _engine_run(model, batch, configs):
+    """Install an Engine with one method per config (as `apply` does, without its checks), run a forward."""
+    from vlm_attn.engine.engine import Engine
+    from vlm_attn.methods.registry import build_method
+    from vlm_attn.patches import get_adapter
+
+    engine = Engine(model, get_adapter(model), [build_method(c) for c in configs])
+    engine.install()
+    try:
+        logits(model, batch)
+        call = engine.call
+        sinks = [m.sink_positions(call, 2) for m in engine.methods]
+        return engine.report(), sinks, [call.store[m] for m in engine.methods]
+    finally:
+        engine.remove()
+
+
+def test_two_instances_of_one_method_keep_separate_state(load):
+    """Two VAR configs in one engine: each instance finds its own sinks and reports its own counts.
+
+    Both steer layer 2 only, whose input no edit has touched, so each instance must see exactly what it sees alone.
+    """
+    model, proc = load("llava")
+    batch = inputs(proc)
+    low = vlm_attn.VARConfig(layers=(2,), **VAR)
+    high = vlm_attn.VARConfig(p=0.3, rho=0.0, layers=(2,), sink_dims=VAR["sink_dims"], tau=2.5)
+    report, sinks, stores = _engine_run(model, batch, [low, high])
+    alone_low, sinks_low, _ = _engine_run(model, batch, [low])
+    alone_high, sinks_high, _ = _engine_run(model, batch, [high])
+    assert stores[0] is not stores[1]
+    assert not torch.equal(sinks_low[0], sinks_high[0])  # the two thresholds find different sinks
+    assert torch.equal(sinks[0], sinks_low[0]) and torch.equal(sinks[1], sinks_high[0])
+    for key in ("text_sinks", "visual_sinks", "rows"):
+        assert report["var"][key] == alone_low["var"][key]
+        assert report["var#2"][key] == alone_high["var"][key]
+    assert report["var"]["total_heads_redistributed"] > 0 and report["var#2"]["total_heads_redistributed"] > 0
+
+
 class _Uniform:
     """Test-only config: replace the last row of layer 1 by uniform attention over image keys."""
 

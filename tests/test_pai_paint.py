@@ -172,7 +172,7 @@ def test_paint_llava_next_amplifies_only_the_base_image_block(load):
     batch = inputs(proc, "llava_next")
     with vlm_attn.apply(model, vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, local_ratio=0.5)) as handle:
         logits(model, batch)
-        local, summary = handle.engine.call.store["paint"]
+        local, summary = handle.engine.call.store[handle.engine.methods[0]]
     image = get_adapter(model).image_mask(batch["input_ids"], {})[0]
     positions = torch.nonzero(image).flatten()
     grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
@@ -201,6 +201,6 @@ def test_paint_sessions_do_not_leak(load):
         cols = []
         for seed in (0, 5):
             logits(model, inputs(proc, "llava", seed=seed))
-            cols.append(handle.engine.call.store["paint"][0].clone())
+            cols.append(handle.engine.call.store[handle.engine.methods[0]][0].clone())
         assert not handle.engine.methods[0]._pending
     assert not torch.equal(cols[0], cols[1])

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..patches.base import FamilyAdapter
 from . import attention
-from .method import AttentionMethod, CallState, LayerView
+from .method import AttentionMethod, CallState
 
 logger = logging.getLogger(__name__)
 
@@ -65,34 +65,26 @@ class Engine:
 
     # ---------------------------------------------------------------- install / remove
     def install(self) -> None:
+        """Bind the methods, point each attention module at this engine, add the hooks, switch the implementation."""
         attention.register()
-        text_config = self.adapter.text_config()
-        previous = getattr(text_config, "_attn_implementation", None) or "eager"
+        previous = getattr(self.adapter.text_config(), "_attn_implementation", None) or "eager"
         if previous in (attention.SDPA_NAME, attention.EAGER_NAME):
             raise RuntimeError("this model already carries vlm-attn methods: remove that handle before applying again")
-        if previous == "eager":
-            name = attention.EAGER_NAME
-        else:
-            if previous != "sdpa":
-                logger.warning(
-                    "attention implementation %r is not supported by vlm-attn; the language model runs on SDPA while "
-                    "patched and goes back to %r on remove",
-                    previous,
-                    previous,
-                )
-            name = attention.SDPA_NAME
+        if previous not in ("eager", "sdpa"):
+            logger.warning("attention implementation %r is not supported by vlm-attn; the language model runs on SDPA "
+                           "while patched and goes back to %r on remove", previous, previous)
         for method in self.methods:
             method.bind(self.model, self.adapter, self.num_layers)
         self._previous_impl = previous
-        for layer in self.layers:
-            module = self.adapter.attention_module(layer)
+        self._attn_modules = [self.adapter.attention_module(layer) for layer in self.layers]
+        for module in self._attn_modules:
             setattr(module, attention.ENGINE_ATTR, self)
-            self._attn_modules.append(module)
         self._hooks.append(self.model.register_forward_pre_hook(self._top_pre_hook, with_kwargs=True))
-        if any(m.wants_layer_inputs for m in self.methods):
-            for idx, layer in enumerate(self.layers):
-                self._hooks.append(layer.register_forward_pre_hook(self._layer_hook(idx), with_kwargs=True))
-        self.adapter.set_text_attn_implementation(name)
+        observers = [m for m in self.methods if type(m).observe_layer_input is not AttentionMethod.observe_layer_input]
+        if observers:  # only then are the decoder layers hooked
+            self._hooks += [layer.register_forward_pre_hook(self._layer_hook(idx, observers), with_kwargs=True)
+                            for idx, layer in enumerate(self.layers)]
+        self.adapter.set_text_attn_implementation(attention.EAGER_NAME if previous == "eager" else attention.SDPA_NAME)
 
     def remove(self) -> None:
         for method in self.methods:
@@ -160,26 +152,21 @@ class Engine:
             "pass logits_processor=handle.logits_processor(inputs) (guidance=False in the config if unwanted)"
         )
 
-    def _layer_hook(self, idx: int):
+    def _layer_hook(self, idx: int, observers: list[AttentionMethod]):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             call = self.call
             hidden = args[0] if args else kwargs.get("hidden_states")
             if self.paused or call is None or hidden is None or hidden.shape[1] > call.seq_len:
                 return
-            for method in self.methods:
-                if method.wants_layer_inputs:
-                    method.observe_layer_input(call, idx, hidden)
+            for method in observers:
+                method.observe_layer_input(call, idx, hidden)
 
         return hook
 
-    # ---------------------------------------------------------------- per-call views
-    def layer_view(self, layer_idx: int, q_len: int, kv_len: int) -> LayerView:
-        call = self.call
-        assert call is not None
-        return LayerView(layer_idx, self.num_layers, call, call.view_parts(q_len, kv_len))
-
+    # ---------------------------------------------------------------- reports
     def report(self) -> dict[str, Any]:
-        """What each method did during the most recent call (plain data)."""
+        """What each method did during the most recent call (plain data), under its name (`name#2`, `name#3`...
+        for further instances of one name: each instance keeps its own state)."""
         if self.call is None:
             return {}
         out: dict[str, Any] = {
@@ -191,5 +178,9 @@ class Engine:
             out["guidance"] = "applied" if self.call.guidance_ran else (
                 "missing" if self.call.guidance_warned else "not reached (no decode step)")
         for method in self.methods:
-            out[method.name] = method.summary(self.call)
+            name, n = method.name, 1
+            while name in out:
+                n += 1
+                name = f"{method.name}#{n}"
+            out[name] = method.summary(self.call)
         return out

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..patches.base import FamilyAdapter
 
 
+Edit = tuple[torch.Tensor, torch.Tensor]  # what an edit returns: the edited tensor and the (B, H, R) cells changed
 NO_IMAGE = torch.iinfo(torch.long).max  # `first_image` of a sample without an image: beyond every position
 
 
@@ -33,8 +34,8 @@ class CallState:
     prompt_mask: torch.Tensor | None = None
     guidance_ran: bool = False  # the image-free guidance processor ran in this call (see Engine.mark_guidance)
     guidance_warned: bool = False  # a decode step ran without it (logged once per call)
-    store: dict[str, Any] = field(default_factory=dict)  # per-method scratch data (e.g. VAR's sinks per layer)
-    report: dict[str, Any] = field(default_factory=dict)  # what the methods did, for `handle.report()`
+    store: dict[Any, Any] = field(default_factory=dict)  # per-method scratch data, keyed by the method object
+    report: dict[Any, Any] = field(default_factory=dict)  # per-method counters for `handle.report()`, same keys
     _cache: dict[Any, Any] = field(default_factory=dict)  # per-forward derived tensors
 
     @property
@@ -100,61 +101,38 @@ class CallState:
 
 @dataclass
 class LayerView:
-    """What one attention call knows about its query rows and key slots."""
+    """What one attention call knows: its layer, the call's state, and this forward's tensors (shared by its layers)."""
 
     layer_idx: int
-    num_layers: int
     call: CallState
-    parts: dict[str, torch.Tensor]
+    parts: dict[Any, Any]  # CallState.view_parts(q_len, kv_len), plus what `shared` adds during the forward
 
-    @property
-    def prefill(self) -> bool:
-        return self.call.prefill
-
-    @property
-    def query_pos(self) -> torch.Tensor:
-        """(Q,) absolute positions of this forward's query rows."""
-        return self.parts["query_pos"]
-
-    @property
-    def query_image(self) -> torch.Tensor:
-        """(B, Q) bool: query rows that are image tokens."""
-        return self.parts["query_image"]
-
-    @property
-    def key_pos(self) -> torch.Tensor:
-        """(K,) absolute positions of the key slots."""
-        return self.parts["key_pos"]
-
-    @property
-    def image_keys(self) -> torch.Tensor:
-        """(B, K) bool: key slots holding image tokens."""
-        return self.parts["image_keys"]
-
-    @property
-    def first_image(self) -> torch.Tensor:
-        """(B,) position of each sample's first image token (NO_IMAGE when it has none)."""
-        return self.parts["first_image"]
+    prefill = property(lambda self: self.call.prefill)
+    query_pos = property(lambda self: self.parts["query_pos"])  # (Q,) absolute positions of the query rows
+    query_image = property(lambda self: self.parts["query_image"])  # (B, Q) bool: query rows that are image tokens
+    key_pos = property(lambda self: self.parts["key_pos"])  # (K,) absolute positions of the key slots
+    image_keys = property(lambda self: self.parts["image_keys"])  # (B, K) bool: key slots holding image tokens
 
     def text_rows_after_image(self) -> torch.Tensor:
         """(B, Q) bool: non-image query rows that come after the sample's first image token."""
         return self.parts["text_after_image"]
 
     def shared(self, key: Any, make: Callable[[], Any]) -> Any:
-        """`make()` once per forward under `key`, then the same value for every layer (the parts dict is shared)."""
+        """`make()` once per forward under `key`, then the same value in every layer. A method keys its entries
+        with itself (`(self, "gain")`) so that two instances never share them."""
         value = self.parts.get(key)
         if value is None:
             value = self.parts[key] = make()
         return value
 
     def last_row(self) -> torch.Tensor:
-        """(B, Q) bool: the last query row of this forward (the row that predicts the next token), once per forward."""
+        """(B, Q) bool: the last query row (the one that predicts the next token) of samples with an image."""
         return self.shared("last_row", self._last_row)
 
     def _last_row(self) -> torch.Tensor:
         rows = torch.zeros_like(self.query_image)
         rows[:, -1] = True
-        return rows & (self.first_image < self.call.seq_len)[:, None]
+        return rows & (self.parts["first_image"] < self.call.seq_len)[:, None]
 
 
 @dataclass
@@ -163,7 +141,6 @@ class RowSet:
 
     index: torch.Tensor  # (B, R) long: query index inside this forward (padding repeats a valid index)
     valid: torch.Tensor  # (B, R) bool: False on padding
-    positions: torch.Tensor  # (B, R) long: absolute positions
     own: torch.Tensor  # (B, R) bool: the rows the method being called asked for (subset of valid)
 
 
@@ -196,20 +173,14 @@ class Tally:
 class AttentionMethod:
     """Base class of the attention methods the engine runs. Override only what the method needs.
 
-    - `bind` resolves model-dependent defaults once, at `apply` time.
-    - `observe_layer_input` sees the hidden state of the new tokens entering each decoder layer, at prefill and at
-      each decode step (only when `wants_layer_inputs` is True: otherwise no layer hook is installed).
-    - `rows` says which query rows of this attention call the method edits; None means none (the fast path).
-    - `decode_rows_cover_all` lets the engine skip the base attention at decode steps where every row is redone.
-    - `edit_logits` / `edit_probs` edit the gathered (B, H, R, K) fp32 tensor and return it with the (B, H, R)
-      cells they changed.
+    Per-call data goes into `call.store[self]` / `call.report[self]` (keyed by the instance, so two methods of one
+    class never share it). The engine hooks the decoder layers only for methods that override `observe_layer_input`.
     """
 
     name: str = "method"
-    wants_layer_inputs: bool = False
 
     def bind(self, model: "nn.Module", adapter: "FamilyAdapter", num_layers: int) -> None:
-        """Resolve defaults that depend on the model (layer range, sink dims...)."""
+        """Resolve model-dependent defaults (layer range, sink dims...) once, at `apply` time."""
 
     def unbind(self) -> None:
         """Undo what `bind` attached to the model (extra hooks); called by the engine on `remove`."""
@@ -218,29 +189,21 @@ class AttentionMethod:
         """See the hidden state (B, Q, D) of this forward's Q new tokens entering decoder layer `layer_idx`."""
 
     def rows(self, view: LayerView) -> torch.Tensor | None:
-        """(B, Q) bool of query rows to edit in this call, or None when the method does nothing here."""
+        """(B, Q) bool of query rows to edit in this call, or None when the method does nothing here (fast path)."""
         return None
 
     def decode_rows_cover_all(self, view: LayerView) -> bool:
-        """Whether, at a decode step of this layer, `rows` asks for the row of every sample (no host sync per step).
-
-        When it does, the engine computes that row explicitly for every head and skips the base SDPA call, whose
-        output would be recomputed anyway. False (the default) is always safe.
-        """
+        """At a decode step, whether `rows` asks for every sample's row (then SDPA is skipped); no per-step sync."""
         return False
 
-    def edit_logits(
-        self, view: LayerView, rows: RowSet, scores: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Edit pre-softmax scores (B, H, R, K); return (scores, changed (B, H, R)) or None."""
+    def edit_logits(self, view: LayerView, rows: RowSet, scores: torch.Tensor) -> Edit | None:
+        """Edit pre-softmax scores (B, H, R, K) fp32; return (scores, changed (B, H, R) bool) or None."""
         return None
 
-    def edit_probs(
-        self, view: LayerView, rows: RowSet, probs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Edit post-softmax probabilities (B, H, R, K); return (probs, changed (B, H, R)) or None."""
+    def edit_probs(self, view: LayerView, rows: RowSet, probs: torch.Tensor) -> Edit | None:
+        """Edit post-softmax probabilities (B, H, R, K) fp32; return (probs, changed (B, H, R) bool) or None."""
         return None
 
     def summary(self, call: CallState) -> dict[str, Any]:
-        """What the method did in the last call, as plain data for reports."""
-        return call.report.get(self.name, {})
+        """What the method did in the last call, as plain data for `handle.report()`."""
+        return {}

@@ -299,17 +299,17 @@ class PAIMethod(AttentionMethod):
 
     def edit_logits(self, view: LayerView, rows: RowSet, scores: Tensor) -> tuple[Tensor, Tensor]:
         # alpha on image keys, 0 elsewhere: once per forward
-        gain = view.shared("pai_gain", lambda: _columns_4d(view.image_keys, scores) * self.config.alpha)
+        gain = view.shared((self, "gain"), lambda: _columns_4d(view.image_keys, scores) * self.config.alpha)
         out = amplify_with_gain(scores, gain)
         changed = rows.own[:, None, :].expand(scores.shape[0], scores.shape[1], rows.own.shape[1])
-        tally = view.call.report.get(self.name)
+        tally = view.call.report.get(self)
         if tally is None:
-            tally = view.call.report[self.name] = Tally(self.num_layers)
+            tally = view.call.report[self] = Tally(self.num_layers)
         tally.add(view.layer_idx, rows.own)
         return out, changed
 
     def summary(self, call: CallState) -> dict[str, Any]:
-        counts = call.report.get(self.name)
+        counts = call.report.get(self)
         if counts is None:
             return {"active": False, "reason": "no image or alpha = 0"}
         per_layer = counts.per_layer()

@@ -586,9 +586,9 @@ class PAINTMethod(AttentionMethod):
     # --- selection -> per-position columns, once per call
     def _columns(self, view: LayerView) -> tuple[Tensor, Tensor] | None:
         store = view.call.store
-        if self.name not in store:
-            store[self.name] = self._build(view.call) if view.prefill else None
-        return store[self.name]
+        if self not in store:
+            store[self] = self._build(view.call) if view.prefill else None
+        return store[self]
 
     def _build(self, call: CallState) -> tuple[Tensor, Tensor] | None:
         pending, self._pending = self._pending, {}
@@ -628,7 +628,7 @@ class PAINTMethod(AttentionMethod):
                 summary[b, pos[sel.summary.to(pos.device)]] = True
                 kept["local"] += int(sel.local.numel())
                 kept["summary"] += int(sel.summary.numel())
-        call.report[self.name] = {
+        call.report[self] = {
             "images": n_runs, "local_tokens": kept["local"], "summary_tokens": kept["summary"],
             "rows": Tally(self.num_layers),
         }
@@ -657,20 +657,20 @@ class PAINTMethod(AttentionMethod):
         alpha = self._alpha(view.layer_idx, scores.device)
 
         def make_gain() -> Tensor:  # L and S as key slots, then the gain row: once per forward (per layer with heads)
-            cols = view.shared("paint_cols", lambda: [view.call.to_key_slots(c, k) for c in self._columns(view)])
+            cols = view.shared((self, "cols"), lambda: [view.call.to_key_slots(c, k) for c in self._columns(view)])
             return paint_gain(scores, *cols, alpha, self.config.beta)
 
-        gain = view.shared(("paint_gain", view.layer_idx if isinstance(alpha, Tensor) else None), make_gain)
+        gain = view.shared((self, "gain", view.layer_idx if isinstance(alpha, Tensor) else None), make_gain)
         out = amplify_with_gain(scores, gain)
         b, h, r = scores.shape[0], scores.shape[1], rows.own.shape[1]
         changed = rows.own[:, None, :].expand(b, h, r)
         if isinstance(alpha, Tensor) and self.config.beta == 0:
             changed = changed & (alpha > 0)[None, :, None]
-        view.call.report[self.name]["rows"].add(view.layer_idx, rows.own)
+        view.call.report[self]["rows"].add(view.layer_idx, rows.own)
         return out, changed
 
     def summary(self, call: CallState) -> dict[str, Any]:
-        data = call.report.get(self.name)
+        data = call.report.get(self)
         if data is None:
             return {"active": False, "reason": "no image, alpha = beta = 0, or no vision scores"}
         per_layer = data["rows"].per_layer()

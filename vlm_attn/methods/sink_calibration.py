@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .var import activation_ratio
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "Please describe this image in detail."
@@ -63,7 +65,7 @@ def extreme_dims(
     peaks = None
     for x in layers:
         x = x.float().flatten(0, 1)  # (tokens, D)
-        ratio = x.abs() / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        ratio = activation_ratio(x)
         over = (ratio > threshold).sum(0)
         allowed = max(1, int(max_token_fraction * x.shape[0]))
         extreme = (over >= 1) & (over <= allowed)

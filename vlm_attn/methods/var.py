@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
+from ..engine.method import AttentionMethod, CallState, Edit, LayerView, RowSet, Tally
 from .registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -79,17 +79,26 @@ def _in_range(name: str, value: float, low: float, high: float, low_open: bool =
 
 
 # ------------------------------------------------------------------------------------------- math
+def activation_ratio(
+    hidden: torch.Tensor, dims: tuple[int, ...] | torch.Tensor | None = None, eps: float = 1e-6
+) -> torch.Tensor:
+    """|x_d| / RMS(x) per token: (B, T, D) -> (B, T, n) for the n `dims` (all D when None), fp32, weight-free RMS.
+
+    The one implementation of the massive-activation ratio: VAR's sink score takes its max over the sink dims,
+    sink calibration looks at every dim. `dims` may be a ready index tensor on the hidden state's device.
+    """
+    x = hidden.float()
+    rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    if dims is not None:
+        x = x.index_select(-1, dims if isinstance(dims, torch.Tensor) else torch.tensor(dims, device=x.device))
+    return x.abs() / rms
+
+
 def sink_scores(
     hidden: torch.Tensor, sink_dims: tuple[int, ...] | torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
-    """phi(x) = max_{d in D_sink} |x_d| / RMS(x) per token: (B, T, D) -> (B, T), in fp32, weight-free RMS.
-
-    `sink_dims` may be a tuple or a ready index tensor on the hidden state's device (the hot path passes one).
-    """
-    x = hidden.float()
-    rms = torch.sqrt(x.pow(2).mean(dim=-1) + eps)
-    dims = sink_dims if isinstance(sink_dims, torch.Tensor) else torch.tensor(sink_dims, device=x.device)
-    return x.index_select(-1, dims).abs().amax(dim=-1) / rms
+    """phi(x) = max_{d in D_sink} |x_d| / RMS(x) per token: (B, T, D) -> (B, T), in fp32, weight-free RMS."""
+    return activation_ratio(hidden, sink_dims, eps).amax(dim=-1)
 
 
 def key_sets(image_cols: torch.Tensor, sink_cols: torch.Tensor, p: float = 1.0) -> torch.Tensor:
@@ -161,12 +170,17 @@ def var_step(
     return _redistribute(probs, sets, sums, selected), selected
 
 
-def load_sink_dims(path: str | Path) -> tuple[tuple[int, ...], dict[str, Any]]:
-    """Sink dims from a calibration JSON written by `calibrate_sinks` (dims, and the record for checks)."""
+def load_sink_dims(path: str | Path, hidden_size: int | None = None) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """Sink dims from a calibration JSON written by `calibrate_sinks` (dims, and the record for checks).
+
+    With `hidden_size`, a file calibrated on a model of another hidden size is refused."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"sink-dims file {p} does not exist: run `vlm-attn calibrate-sinks --model ... --out {p}`")
     record = json.loads(p.read_text())
+    if hidden_size is not None and record.get("hidden_size") not in (None, hidden_size):
+        raise ValueError(f"sink dims in {p} were calibrated on hidden size {record['hidden_size']} "
+                         f"({record.get('model')}), but this model has {hidden_size}: recalibrate for this model")
     return tuple(int(d) for d in record["sink_dims"]), record
 
 
@@ -178,8 +192,6 @@ class VARMethod(AttentionMethod):
     Sinks are found over all prompt tokens at prefill and kept; each decoded token is tested as it arrives, so a
     cached generation and a no-cache recomputation see the same sink set.
     """
-
-    wants_layer_inputs = True
 
     def __init__(self, config: VARConfig):
         self.config = config
@@ -195,12 +207,7 @@ class VARMethod(AttentionMethod):
         source = "explicit"
         if isinstance(dims, (str, Path)):
             source = f"file {dims}"
-            dims, record = load_sink_dims(dims)
-            if record.get("hidden_size") not in (None, hidden):
-                raise ValueError(
-                    f"sink dims in {self.config.sink_dims} were calibrated on hidden size {record['hidden_size']} "
-                    f"({record.get('model')}), but this model has {hidden}: recalibrate for this model"
-                )
+            dims, _ = load_sink_dims(dims, hidden)
         elif dims is None:
             entry = adapter.lookup_sink_dims()
             if entry is None:
@@ -227,11 +234,11 @@ class VARMethod(AttentionMethod):
         if dims is None:
             dims = self._dims_on[hidden.device] = torch.tensor(self.sink_dims, device=hidden.device)
         sinks = sink_scores(hidden, dims) > self.config.tau
-        if self.name not in call.store:
-            call.store[self.name] = {"sets": {}, "has_visual": {}, "decode_rows": {}, "covers_all": {}}
-            call.report[self.name] = {"text_sinks": {}, "visual_sinks": {}, "rows": Tally(self.num_layers),
-                                      "heads_redistributed": Tally(self.num_layers)}
-        store, counts = call.store[self.name], call.report[self.name]
+        if self not in call.store:
+            call.store[self] = {"sets": {}, "has_visual": {}, "decode_rows": {}, "covers_all": {}}
+            call.report[self] = {"text_sinks": {}, "visual_sinks": {}, "rows": Tally(self.num_layers),
+                                 "heads_redistributed": Tally(self.num_layers)}
+        store, counts = call.store[self], call.report[self]
         sets = store["sets"]
         if call.prefill or layer_idx not in sets:
             image = call.image_mask
@@ -255,15 +262,13 @@ class VARMethod(AttentionMethod):
         None when VAR did not look at that layer (outside its layers, p = 0, or the forward never reached it).
         Read by `vlm_attn.inspect_attention` to mark the sinks on the image grid.
         """
-        store = call.store.get(self.name)
+        store = call.store.get(self)
         if store is None or layer_idx not in store["sets"]:
             return None
         return store["sets"][layer_idx][..., 2] > 0  # the p-scaled sink column (p > 0 whenever VAR looks)
 
     def rows(self, view: LayerView) -> torch.Tensor | None:
-        if self.config.p == 0 or view.layer_idx not in self.layers:
-            return None
-        store = view.call.store.get(self.name)
+        store = view.call.store.get(self)  # None when VAR has not looked (no layer input seen, or p = 0)
         if store is None or view.layer_idx not in store["sets"]:
             return None
         has_visual = store["has_visual"][view.layer_idx]
@@ -277,24 +282,22 @@ class VARMethod(AttentionMethod):
 
     def decode_rows_cover_all(self, view: LayerView) -> bool:
         """Every sample has a visual sink in this layer (checked once per layer and call)."""
-        store = view.call.store[self.name]
+        store = view.call.store[self]
         covered = store["covers_all"].get(view.layer_idx)
         if covered is None:
             covered = store["covers_all"][view.layer_idx] = bool(store["has_visual"][view.layer_idx].all())
         return covered
 
-    def edit_probs(
-        self, view: LayerView, rows: RowSet, probs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        sets = view.call.to_key_slots(view.call.store[self.name]["sets"][view.layer_idx], probs.shape[-1])
+    def edit_probs(self, view: LayerView, rows: RowSet, probs: torch.Tensor) -> Edit:
+        sets = view.call.to_key_slots(view.call.store[self]["sets"][view.layer_idx], probs.shape[-1])
         new, selected = var_step(probs, sets, self.config, rows.own)
-        counts = view.call.report[self.name]
+        counts = view.call.report[self]
         counts["rows"].add(view.layer_idx, rows.own)
         counts["heads_redistributed"].add(view.layer_idx, selected)
         return new, selected
 
     def summary(self, call: CallState) -> dict[str, Any]:
-        counts = call.report.get(self.name)
+        counts = call.report.get(self)
         if counts is None:
             return {"active": False, "reason": "no image or p = 0", "sink_dims": list(self.sink_dims),
                     "sink_dims_source": self.sink_dims_source}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import UserError
 from .tiny import TINY_PREFIX, load_tiny
 
 logger = logging.getLogger(__name__)
@@ -93,6 +96,62 @@ def load_processor(name: str, config: Any = None, **hub_kwargs: Any) -> Any:
         return family.load_image_only_processor(name, config, **hub_kwargs)
 
 
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().is_dir()
+
+
+def _cached(name: str, revision: str | None = None, cache_dir: Any = None) -> bool:
+    """Whether the hub id's config is in the local Hugging Face cache (so that an offline load can work)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json", revision=revision, cache_dir=cache_dir)
+    except Exception:  # noqa: BLE001 - a malformed id is not in the cache; from_pretrained names the problem
+        return False
+    return isinstance(found, str)
+
+
+def hub_is_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One short connection to the hub's endpoint (no retries): False when the network is down or blocked."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_reachable(name: str, revision: str | None = None, cache_dir: Any = None, **_: Any) -> None:
+    """Fail fast, in one line, when `name` is a hub id that is neither local, nor cached, nor reachable.
+
+    Without this, an unreachable hub makes transformers retry for ~20 s and print each warning twice.
+    """
+    if _is_local(name) or _cached(name, revision, cache_dir):
+        return
+    if "/" not in name and not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        return  # not an id at all: from_pretrained names the problem
+    offline = hub_is_offline()
+    if offline or not hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub cannot be reached"
+        raise UserError(
+            f"{name!r} is neither a local directory nor in the local Hugging Face cache, and {why}; pass a local "
+            "directory saved with save_pretrained, download the model where there is network, or try the shipped "
+            "--model toy-vlm"
+        )
+
+
 def load_model(name: str, device: str | None = None, dtype: str | None = None, **kwargs: Any) -> tuple[Any, Any]:
     """(model, processor) for a hub id, a local directory, `toy-vlm` (the shipped toy model) or `tiny-<family>`
     (random weights, built offline).
@@ -108,15 +167,16 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None, *
         model, processor = load_tiny(name)
     else:
         hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        check_reachable(name, **hub)
         model_dtype = _dtype(dtype)
         try:
             config = AutoConfig.from_pretrained(name, **hub)
             processor = load_processor(name, config, **hub)
             model = AutoModelForImageTextToText.from_pretrained(name, dtype=model_dtype, **kwargs)
         except ImportError as exc:
-            raise RuntimeError(f"could not load {name!r}: {_one_line(exc)}") from exc
+            raise UserError(f"could not load {name!r}: {_one_line(exc)}") from exc
         except (OSError, ValueError) as exc:
-            raise RuntimeError(
+            raise UserError(
                 f"could not load {name!r}: {_one_line(exc)} Pass a hub id you can reach or a local directory saved "
                 "with save_pretrained; without network, try the built-in demo model: --model tiny-llava."
             ) from exc

@@ -34,7 +34,7 @@ def test_generate_json_report_and_flags(tiny_env, capsys, tmp_path):
 
 
 def test_bad_hyperparameter_and_method(tiny_env):
-    with pytest.raises(SystemExit, match="p must lie in"):
+    with pytest.raises(SystemExit, match=r"VARConfig.p must be a number in \[0, 1\], got 2.0"):
         main(["generate", "--model", "tiny-llava", "--method", "var", "--p", "2"])
     with pytest.raises(SystemExit, match="unknown method 'foo'"):
         main(["generate", "--model", "tiny-llava", "--method", "foo"])

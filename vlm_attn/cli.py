@@ -16,6 +16,7 @@ import sys
 from typing import Sequence
 
 from .commands import COMMANDS
+from .errors import UserError
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (UserError, FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"error: {exc}") from None
 
 

@@ -55,11 +55,17 @@ def _flag(method: str, field: str) -> str:
     return f"--{method}-{field.replace('_', '-')}"
 
 
-def methods_help() -> str:
-    """One line per registered method: 'name: description'."""
+def cli_methods() -> dict[str, Any]:
+    """The registered methods the command line offers (those with a `MethodConfig`), by name."""
+    from ..methods.config import MethodConfig
     from ..methods.registry import entries
 
-    return "; ".join(f"{name}: {e.config.description}" for name, e in entries().items())
+    return {n: e for n, e in entries().items() if issubclass(e.config, MethodConfig)}
+
+
+def methods_help() -> str:
+    """One line per registered method: 'name: description'."""
+    return "; ".join(f"{name}: {e.config.description}" for name, e in cli_methods().items())
 
 
 def add_method_args(p: argparse.ArgumentParser, single: bool = False, default: str | None = None,
@@ -71,7 +77,6 @@ def add_method_args(p: argparse.ArgumentParser, single: bool = False, default: s
     --anchor-layer / --focal-side (funnel and vicrop) stay as aliases. `single`: one --method (inspect).
     """
     from ..methods.config import Bool
-    from ..methods.registry import entries
 
     what = "method to picture" if single else "method to apply (repeatable: attention methods compose in one " \
                                                "apply; at most one input-level method, funnel or vicrop)"
@@ -89,7 +94,7 @@ def add_method_args(p: argparse.ArgumentParser, single: bool = False, default: s
     shared.add_argument("--focal-side", type=int, default=None,
                         help="funnel: --funnel-focal-side / vicrop: --vicrop-bbox-size, in pixels (default: the "
                              "encoder input size)")
-    for name, entry in entries().items():
+    for name, entry in cli_methods().items():
         group = p.add_argument_group(f"{name} settings (with --method {name})", entry.config.description)
         for field, f in entry.config.settings().items():
             if not f.metadata.get("cli", True) or "rule" not in f.metadata:
@@ -139,8 +144,6 @@ class MethodSpec:
 
 def read_method_config(path: str) -> dict[str, dict[str, Any]]:
     """The --method-config file as {method name (lower case): {setting: value}}; UserError naming the file."""
-    from ..methods.registry import entries
-
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--method-config {file} does not exist")
@@ -154,7 +157,7 @@ def read_method_config(path: str) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict):
         raise UserError(f"--method-config {file} must hold a JSON object such as {{\"var\": {{\"p\": 0.6}}}}, "
                         f"got a {type(data).__name__}")
-    known = entries()
+    known = cli_methods()
     out: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         name = key.lower()
@@ -168,11 +171,11 @@ def read_method_config(path: str) -> dict[str, dict[str, Any]]:
 
 
 def _selected(args: argparse.Namespace) -> tuple[str, ...]:
-    from ..methods.registry import INPUT, entries
+    from ..methods.registry import INPUT
 
     raw = getattr(args, "method", None)
     names = [raw] if isinstance(raw, str) else list(raw or [])
-    known = entries()
+    known = cli_methods()
     out: list[str] = []
     for name in names:
         low = name.lower()
@@ -195,10 +198,9 @@ def parse_method_args(args: argparse.Namespace) -> MethodSpec:
     for a method not selected), then builds and validates each config. Every problem is a one-line UserError.
     """
     from ..methods.config import ConfigError
-    from ..methods.registry import entries
 
     names = _selected(args)
-    known = entries()
+    known = cli_methods()
     path = getattr(args, "method_config", None)
     from_file = read_method_config(path) if path else {}
     for name, values in from_file.items():

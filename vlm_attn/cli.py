@@ -16,7 +16,6 @@ import sys
 from typing import Sequence
 
 from .commands import COMMANDS
-from .errors import UserError
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -37,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (UserError, FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"error: {exc}") from None
 
 

@@ -28,11 +28,11 @@ def method_configs(name: str):
 
     if name == "var":
         return vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3)
-    classes = config_classes()
+    classes = config_classes("attention")
     if name not in classes:
         raise SystemExit(f"unknown method {name!r}; available: {', '.join(sorted(classes))}")
     cls = classes[name]
-    kwargs = {"guidance": False} if "guidance" in cls.__dataclass_fields__ else {}
+    kwargs = {"guidance": False} if "guidance" in cls.settings() else {}
     return cls(**kwargs)
 
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from vlm_attn.cli import main
+from vlm_attn.errors import UserError
 from vlm_attn.tiny import tiny_path
 
 
@@ -34,9 +35,10 @@ def test_generate_json_report_and_flags(tiny_env, capsys, tmp_path):
 
 
 def test_bad_hyperparameter_and_method(tiny_env):
-    with pytest.raises(SystemExit, match="p must lie in"):
+    # a UserError (one line) or SystemExit, whichever way main() reports user errors
+    with pytest.raises((SystemExit, UserError), match=r"VARConfig.p must be a number in \[0, 1\], got 2.0"):
         main(["generate", "--model", "tiny-llava", "--method", "var", "--p", "2"])
-    with pytest.raises(SystemExit, match="unknown method 'foo'"):
+    with pytest.raises((SystemExit, UserError), match="unknown method 'foo'"):
         main(["generate", "--model", "tiny-llava", "--method", "foo"])
 
 

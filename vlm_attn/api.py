@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from torch import nn
 
 from .engine.engine import Engine
-from .methods.registry import build_method
+from .methods.registry import build_method, check_unique
 from .patches.base import get_adapter
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def apply(model: nn.Module, configs: Any | Iterable[Any]) -> Handle:
 
     Methods run in the order of SPEC §6 whatever order they are given in: logit edits, softmax, redistribution.
     Raises `UnsupportedModelError` for a model family vlm-attn does not know, and `ValueError` for a config that
-    cannot run on this model (e.g. VAR sink dims unknown).
+    cannot run on this model (e.g. VAR sink dims unknown) or for two configs of one method.
     """
     if getattr(model, HANDLE_ATTR, None) is not None:
         raise RuntimeError("vlm-attn methods are already applied to this model: call handle.remove() first")
@@ -126,6 +126,7 @@ def apply(model: nn.Module, configs: Any | Iterable[Any]) -> Handle:
 
     adapter = get_adapter(model)
     config_list = _as_list(configs)
+    check_unique(config_list)  # two configs of one method would stack their edits
     guidance = guidance_settings(config_list)  # several guidance configs must agree (one guidance pass runs)
     methods = [build_method(c) for c in config_list]
     engine = Engine(model, adapter, methods)

@@ -32,6 +32,7 @@ from .methods.funnel import (
     funnel_portfolio,
 )
 from .methods.vicrop import ViCropConfig, build_attention_prompts, relative_map, vicrop_images, window_search
+from .methods.registry import check_unique
 from .patches.base import FamilyAdapter, get_adapter
 from .prompting import build_inputs, load_image
 
@@ -272,6 +273,7 @@ def vicrop_decide(
 def split_methods(methods: Any) -> tuple[Any | None, list[Any]]:
     """(the input-level config or None, the attention-method configs) from one config or a list."""
     items = [] if methods is None else list(methods) if isinstance(methods, (list, tuple)) else [methods]
+    check_unique(items)
     inputs = [m for m in items if isinstance(m, INPUT_METHODS)]
     if len(inputs) > 1:
         names = ", ".join(type(m).__name__ for m in inputs)

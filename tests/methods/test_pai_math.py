@@ -189,7 +189,7 @@ def test_pai_config_validation(kwargs: dict, field: str) -> None:
 
 
 def test_pai_config_range_is_named() -> None:
-    with pytest.raises(ValueError, match=r"cutoff must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"PAIConfig.cutoff must be a number in \(0, 1\]"):
         PAIConfig(cutoff=2)
-    with pytest.raises(ValueError, match=r"alpha must be >= 0"):
+    with pytest.raises(ValueError, match=r"PAIConfig.alpha must be a number >= 0"):
         PAIConfig(alpha=-1)

@@ -8,34 +8,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import add_model_args, build_configs, write
-from .input_methods import add_input_method_args, build_input_config, split_methods
-
-
-def _add_method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", action="append", default=None,
-                   help="method to apply (repeatable: attention methods compose in one apply; at most one of the "
-                        "input-level methods funnel / vicrop); omit for the baseline")
-    p.add_argument("--method-config", default=None,
-                   help='JSON file of per-method settings, e.g. {"var": {"p": 0.6, "rho": 0.5}}')
-    p.add_argument("--sink-dims", default=None,
-                   help="VAR sink dims as '1415,2533' or a JSON from calibrate-sinks (default: known table)")
-    p.add_argument("--p", type=float, default=None, help="VAR: fraction of sink attention moved (paper 0.6)")
-    p.add_argument("--rho", type=float, default=None, help="VAR: min visual non-sink share (paper 0.5)")
-    p.add_argument("--tau", type=float, default=None, help="VAR: sink threshold on |x_d|/RMS(x) (paper 20)")
-    add_input_method_args(p, vqa=False)  # the task's prompt already carries its answer instruction
+from .common import add_method_args, add_model_args, build_configs, parse_method_args, write
 
 
 def _add_run_args(p: argparse.ArgumentParser, default_tokens: int, token_note: str) -> None:
     add_model_args(p)
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model; recorded")
-    _add_method_args(p)
+    add_method_args(p, vqa=False)  # the task's prompt already carries its answer instruction
     p.add_argument("--out", required=True,
                    help="run directory (e.g. runs/NAME): samples.rank*.jsonl, samples.jsonl, run.json, metrics.json")
     p.add_argument("--resume", action="store_true",
@@ -67,9 +51,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = tasks.RunOptions(
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
         resume=args.resume, progress=not args.no_progress, revision=args.revision, command=sys.argv,
-        arguments={k: v for k, v in vars(args).items() if k != "func"}, retry_errors=args.retry_errors,
+        arguments={k: v for k, v in vars(args).items()
+                   if k != "func" and not (k.startswith("method__") and v is None)},  # unset method flags left out
+        retry_errors=args.retry_errors,
     )
     tasks.check_options(options)
+    spec = parse_method_args(args)  # method flags and --method-config, before any data or model is read
     plan: tasks.ChairPlan | tasks.PopePlan
     if args.task == "chair":
         plan = tasks.plan_chair(args.coco_root, options, image_list=args.image_list, num_images=args.num_images,
@@ -91,11 +78,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.model, device=args.device or dist.device, dtype=args.dtype,
             **({"revision": args.revision} if args.revision else {}),
         )
-        input_name, attention_names = split_methods(args.method)
-        configs = build_configs(argparse.Namespace(**{**vars(args), "method": attention_names}), model)
-        if input_name is not None:
-            overrides = json.loads(Path(args.method_config).read_text()) if args.method_config else {}
-            configs.append(build_input_config(input_name, args, overrides))
+        configs = build_configs(spec, model)
+        if spec.input_config is not None:
+            configs.append(spec.input_config)
         execute = tasks.execute_chair if args.task == "chair" else tasks.execute_pope
         record = execute(model, processor, args.model, plan, args.out, configs, options, dist)  # type: ignore[arg-type]
     if record is not None:

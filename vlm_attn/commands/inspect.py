@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from .common import add_model_args, build_configs, write
-from .input_methods import INPUT_METHODS, add_input_method_args, build_input_config, format_decision
+from .common import add_method_args, add_model_args, build_configs, parse_method_args, write
+from .input_methods import format_decision
 
 # (model, processor, image, args) -> (rows of vlm_attn.viz.Panel, summary)
 PanelBuilder = Callable[[Any, Any, Image.Image, argparse.Namespace], tuple[list[list[Any]], dict[str, Any]]]
@@ -33,7 +33,7 @@ def funnel_panels(model: Any, processor: Any, image: Image.Image, args: argparse
     from ..methods.funnel import crop_portfolio
     from ..viz import Panel
 
-    decision = funnel_decide(model, processor, image, args.prompt, build_input_config("funnel", args))
+    decision = funnel_decide(model, processor, image, args.prompt, args.method_spec.input_config)
     p = decision.portfolio
     panels = [Panel(image, decision.attention, boxes=p.boxes, region=decision.region,
                     box_labels=("focal", f"alpha1 x{p.alpha1:.2f}", f"alpha2 x{p.alpha2:.2f}"),
@@ -53,7 +53,7 @@ def vicrop_panels(model: Any, processor: Any, image: Image.Image, args: argparse
     from ..generation import vicrop_decide
     from ..viz import Panel
 
-    decision = vicrop_decide(model, processor, image, args.prompt, build_input_config("vicrop", args), args.vqa)
+    decision = vicrop_decide(model, processor, image, args.prompt, args.method_spec.input_config, args.vqa)
     layer = decision.question.layer
     maps = ((decision.question.attention, f"question L{layer}"), (decision.general.attention, "general"),
             (decision.relative, "relative"))
@@ -75,17 +75,12 @@ def parse_layers(value: str | None) -> list[int] | None:
     return [int(p) for p in parts]
 
 
-def attention_configs(args: argparse.Namespace, model: Any) -> list[Any]:
-    """The attention-method config of --method, with --method-config and the VAR flags."""
-    return build_configs(argparse.Namespace(**{**vars(args), "method": [args.method]}), model)
-
-
 def attention_panels(model: Any, processor: Any, image: Image.Image, args: argparse.Namespace) -> tuple[list, dict]:
     """One row per layer: the last prompt row's image attention before and after the method, sinks marked."""
     from ..inspection import inspect_attention
 
     try:
-        configs = getattr(args, "attention_configs", None) or attention_configs(args, model)
+        configs = args.attention_configs
         look = inspect_attention(model, processor, image, args.prompt, configs,
                                  layers=parse_layers(args.layers), vqa=args.vqa)
     except ValueError as exc:
@@ -117,10 +112,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise SystemExit(f"error: --out {out} must end in .png, .jpg or .webp")
+    args.method_spec = parse_method_args(args)  # every method setting checked before the model is loaded
+    args.method = args.method_spec.names[0]
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     image = load_rgb(args.image or sample_image_path())
     # Built once: the figure and the --answer generation use the same configs (and log their warnings once).
-    args.attention_configs = attention_configs(args, model) if args.method in ATTENTION_METHODS else []
+    args.attention_configs = build_configs(args.method_spec, model)
     rows, summary = PANEL_BUILDERS[args.method](model, processor, image, args)
     figure = render_rows(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +126,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from ..generation import generate
 
         attention = args.method in ATTENTION_METHODS
-        methods = args.attention_configs if attention else [build_input_config(args.method, args)]
+        methods = args.attention_configs if attention else [args.method_spec.input_config]
         result = generate(model, processor, image, args.prompt, methods=methods, vqa=args.vqa,
                           max_new_tokens=args.max_new_tokens)
         summary["answer"] = result.text
@@ -170,20 +167,10 @@ def register(sub: Any) -> None:
     ins.add_argument("--image", default=None, help="image file (default: the bundled sample picture)")
     ins.add_argument("--prompt", default="What is in the image?", help="the question")
     ins.add_argument("--out", required=True, help="figure to write (.png, .jpg or .webp)")
-    ins.add_argument("--method", choices=sorted(PANEL_BUILDERS), default="funnel",
-                     help=f"what to picture (default funnel); input-level methods: {', '.join(INPUT_METHODS)}; "
-                          f"attention methods: {', '.join(ATTENTION_METHODS)}")
     ins.add_argument("--layers", default=None,
                      help="attention methods: decoder layers to draw, 0-based and comma-separated, e.g. 2,14 "
                           "(default: up to 4 spread over 2..L-1)")
-    ins.add_argument("--method-config", default=None,
-                     help='attention methods: JSON file of per-method settings, e.g. {"var": {"p": 0.6, "rho": 0.5}}')
-    ins.add_argument("--sink-dims", default=None,
-                     help="VAR sink dims as '1415,2533' or a JSON from calibrate-sinks (default: known table)")
-    ins.add_argument("--p", type=float, default=None, help="VAR: fraction of sink attention moved (paper 0.6)")
-    ins.add_argument("--rho", type=float, default=None, help="VAR: min visual non-sink share (paper 0.5)")
-    ins.add_argument("--tau", type=float, default=None, help="VAR: sink threshold on |x_d|/RMS(x) (paper 20)")
-    add_input_method_args(ins)
+    add_method_args(ins, single=True, default="funnel")
     ins.add_argument("--crops", action="store_true", help="funnel: add the three crops beside the heatmap")
     ins.add_argument("--answer", action="store_true", help="also generate the method's (steered) answer and print it")
     ins.add_argument("--max-new-tokens", type=int, default=32)

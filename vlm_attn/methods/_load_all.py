@@ -1,4 +1,5 @@
-"""Imports every attention-method file so that each registers itself."""
+"""Imports every method file so that each registers itself."""
 
 from . import var  # noqa: F401
 from . import pai, paint  # noqa: F401
+from . import funnel, vicrop  # noqa: F401

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from PIL import Image
@@ -39,6 +39,9 @@ from vlm_attn.methods.crops import (
     with_vqa_suffix,
 )
 
+from vlm_attn.methods.config import Choice, ConfigError, Custom, MethodConfig, Number, Text, setting
+from vlm_attn.methods.registry import register_input
+
 logger = logging.getLogger(__name__)
 
 ANCHOR_PROMPT = "To answer '{question}', where in the image should I look?"
@@ -54,8 +57,9 @@ Fallback = Literal["error", "crops_only", "vicrop"]
 FALLBACKS: tuple[str, ...] = ("error", "crops_only", "vicrop")
 
 
+@register_input
 @dataclass(frozen=True)
-class FunnelConfig:
+class FunnelConfig(MethodConfig):
     """Settings of the Visual Funnel.
 
     Attributes:
@@ -72,42 +76,36 @@ class FunnelConfig:
             focal crop only (the ViCrop input shape). See :func:`fallback_images`.
     """
 
-    anchor_layer: int | None = None
-    focal_side: int | None = None
-    anchor_prompt: str = ANCHOR_PROMPT
-    vqa_suffix: str = VQA_SUFFIX
-    entropy_eps: float = ENTROPY_EPS
-    fallback: Fallback = "error"
-    name: str = field(default="funnel", init=False, repr=False)
+    name: ClassVar[str] = "funnel"
+    description: ClassVar[str] = ("Visual Funnel (input-level): anchor on the question's attention, answer on three "
+                                  "entropy-scaled crops")
 
-    def __post_init__(self) -> None:
-        if self.anchor_layer is not None and (
-            isinstance(self.anchor_layer, bool) or not isinstance(self.anchor_layer, int) or self.anchor_layer < 0
-        ):
-            raise ValueError(f"anchor_layer must be None or an int >= 0, got {self.anchor_layer!r}")
-        if self.focal_side is not None and (
-            isinstance(self.focal_side, bool) or not isinstance(self.focal_side, int) or self.focal_side < 1
-        ):
-            raise ValueError(f"focal_side must be None or an int >= 1 (pixels), got {self.focal_side!r}")
-        _check_template(self.anchor_prompt)
-        if not isinstance(self.vqa_suffix, str):
-            raise ValueError(f"vqa_suffix must be a str, got {type(self.vqa_suffix).__name__}")
-        if not (isinstance(self.entropy_eps, (int, float)) and 0.0 < self.entropy_eps < 1.0):
-            raise ValueError(f"entropy_eps must be a float in (0, 1), got {self.entropy_eps!r}")
-        if self.fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+    anchor_layer: int | None = setting(
+        None, "decoder layer whose last-row attention anchors the crops (default: per family)",
+        Number(low=0, integer=True, optional=True))
+    focal_side: int | None = setting(None, "focal box side in pixels (default: the encoder input size)",
+                                     Number(low=1, integer=True, optional=True))
+    anchor_prompt: str = setting(ANCHOR_PROMPT, "contextual-anchoring template with {question}",
+                                 Custom(lambda n, v: _check_template(v, n), "a template containing {question}"))
+    vqa_suffix: str = setting(VQA_SUFFIX, "appended to the question for short-answer VQA", Text())
+    entropy_eps: float = setting(ENTROPY_EPS, "epsilon inside log(A + eps) of the entropy",
+                                 Number(0.0, 1.0, low_open=True, high_open=True))
+    fallback: Fallback = setting(
+        "error", "on a model that cannot take 4 images in one turn: error, crops_only (3 crops) or vicrop "
+                 "(original + focal crop)", Choice(FALLBACKS))
 
 
-def _check_template(template: str) -> None:
+def _check_template(template: str, name: str = "anchor_prompt") -> str:
     """Reject an anchor template that lacks ``{question}`` or names any other format field."""
     if not isinstance(template, str) or "{question}" not in template:
-        raise ValueError(f"anchor_prompt must be a str containing '{{question}}', got {template!r}")
+        raise ConfigError(f"{name} must be a str containing '{{question}}', got {template!r}")
     try:
         template.format(question="")
     except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(
-            f"anchor_prompt must contain '{{question}}' as its only format field, got {template!r}"
+        raise ConfigError(
+            f"{name} must contain '{{question}}' as its only format field, got {template!r}"
         ) from err
+    return template
 
 
 def default_anchor_layer(num_layers: int) -> int:

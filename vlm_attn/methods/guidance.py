@@ -28,7 +28,8 @@ from torch import nn
 from transformers import LogitsProcessor
 
 from ..patches.base import FamilyAdapter, get_adapter
-from .pai import _check_nonneg, _check_open_closed_unit, guided_logits
+from .config import check_nonneg, check_open_closed_unit
+from .pai import guided_logits
 
 __all__ = ["ImageFreeGuidance", "guidance_settings"]
 
@@ -54,8 +55,8 @@ class ImageFreeGuidance(LogitsProcessor):
             raise ValueError("ImageFreeGuidance needs the prompt's input_ids (the processor outputs given to generate)")
         self.model = model
         self.adapter: FamilyAdapter = get_adapter(model)
-        self.gamma = _check_nonneg("gamma", gamma)
-        self.cutoff = _check_open_closed_unit("cutoff", cutoff)
+        self.gamma = check_nonneg("gamma", gamma)
+        self.cutoff = check_open_closed_unit("cutoff", cutoff)
         prompt = inputs["input_ids"]
         extra = {k: inputs[k] for k in ("mm_token_type_ids",) if inputs.get(k) is not None}
         free = self.adapter.drop_image(prompt, inputs.get("attention_mask"), **extra)

@@ -17,14 +17,16 @@ the method from the first generated token on (``PAIConfig.from_first_token`` acc
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
+from .config import (
+    Bool, ConfigError, Custom, Layers, MethodConfig, Number, check_layers, check_nonneg, check_open_closed_unit, setting,
+)
 from .registry import register_method
 
 __all__ = [
@@ -38,62 +40,8 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------------
-# Shared validation helpers (PAINT reuses them)
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_real(name: str, value: Any) -> float:
-    """Return ``value`` as a float, or raise ValueError if it is not a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
-def _check_nonneg(name: str, value: Any) -> float:
-    """Finite real ``>= 0``."""
-    v = _check_real(name, value)
-    if v < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return v
-
-
-def _check_open_closed_unit(name: str, value: Any) -> float:
-    """Finite real in ``(0, 1]``."""
-    v = _check_real(name, value)
-    if not 0.0 < v <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
-    return v
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
-def validate_layers(name: str, layers: Sequence[int] | None) -> tuple[int, ...] | None:
-    """Normalise an explicit decoder-layer selection to a sorted tuple of distinct non-negative ints.
-
-    ``None`` (the default layer range) passes through. Raises ValueError naming ``name`` when the
-    selection is empty, holds a non-integer, a negative index or a duplicate.
-    """
-    if layers is None:
-        return None
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-        raise ValueError(f"{name} must be a sequence of layer indices >= 0 or None, got {layers!r}")
-    out: list[int] = []
-    for idx in layers:
-        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
-            raise ValueError(f"{name} must hold integer layer indices >= 0, got {idx!r}")
-        out.append(int(idx))
-    if not out:
-        raise ValueError(f"{name} must not be empty; use None for the default layers 2..L-1")
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name} must not repeat a layer, got {tuple(layers)!r}")
-    return tuple(sorted(out))
+#: Kept for callers of the old name; the helper lives with the other checks in :mod:`vlm_attn.methods.config`.
+validate_layers = check_layers
 
 
 def resolve_layers(layers: tuple[int, ...] | None, num_layers: int, name: str = "layers") -> tuple[int, ...]:
@@ -117,9 +65,18 @@ def resolve_layers(layers: tuple[int, ...] | None, num_layers: int, name: str = 
 # --------------------------------------------------------------------------------------------------
 
 
+def _first_token_only(name: str, value: Any) -> bool:
+    if value is not True:
+        raise ConfigError(
+            f"{name} must be True (allowed: True only); skipping the first generated token reproduces a flag bug "
+            f"of the official PAI code, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
 @dataclass(frozen=True)
-class PAIConfig:
-    """Settings of PAI (SPEC section 3). Validated on construction; ValueError names the field.
+class PAIConfig(MethodConfig):
+    """Settings of PAI (SPEC section 3). Validated on construction; ConfigError names the class and field.
 
     Attributes:
         alpha: amplification of image-key logits, ``>= 0`` (0.2 for LLaVA-1.5).
@@ -131,25 +88,18 @@ class PAIConfig:
             code skips token 1 because a flag starts in the wrong state, a bug we do not reproduce.
     """
 
-    alpha: float = 0.2
-    layers: tuple[int, ...] | None = None
-    guidance: bool = True
-    gamma: float = 1.1
-    cutoff: float = 0.1
-    from_first_token: bool = True
-    name: str = field(default="pai", init=False, repr=False)  # registry / CLI key
+    name: ClassVar[str] = "pai"
+    description: ClassVar[str] = "PAI: amplify image-key attention logits + image-free logits guidance (ECCV 2024)"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "alpha", _check_nonneg("alpha", self.alpha))
-        object.__setattr__(self, "layers", validate_layers("layers", self.layers))
-        _check_bool("guidance", self.guidance)
-        object.__setattr__(self, "gamma", _check_nonneg("gamma", self.gamma))
-        object.__setattr__(self, "cutoff", _check_open_closed_unit("cutoff", self.cutoff))
-        if self.from_first_token is not True:
-            raise ValueError(
-                "from_first_token must be True (allowed: True only); skipping the first generated token "
-                f"reproduces a flag bug of the official PAI code, got {self.from_first_token!r}"
-            )
+    alpha: float = setting(0.2, "amplification of image-key logits, z + alpha*|z| (0.2 for LLaVA-1.5)",
+                           Number(low=0.0))
+    layers: tuple[int, ...] | None = setting(None, "decoder layers to steer, e.g. 2,5 (default 2..L-1)", Layers())
+    guidance: bool = setting(True, "run the image-free logits guidance beside the attention edit", Bool())
+    gamma: float = setting(1.1, "guidance strength (1 = no effect)", Number(low=0.0))
+    cutoff: float = setting(0.1, "guidance plausibility cut-off: tokens with p < cutoff * max p are removed",
+                            Number(0.0, 1.0, low_open=True))
+    from_first_token: bool = setting(True, "steer from the first generated token (only True is accepted)",
+                                     Custom(_first_token_only, "True"), cli=False)
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         """The decoder layers this config steers in a model with ``num_layers`` layers."""
@@ -256,8 +206,8 @@ def guided_logits(logits_img: Tensor, logits_noimg: Tensor, gamma: float, cutoff
             f"logits_img and logits_noimg must have the same shape, got {tuple(logits_img.shape)} "
             f"and {tuple(logits_noimg.shape)}"
         )
-    gamma = _check_nonneg("gamma", gamma)
-    cutoff = _check_open_closed_unit("cutoff", cutoff)
+    gamma = check_nonneg("gamma", gamma)
+    cutoff = check_open_closed_unit("cutoff", cutoff)
     dtype = torch.promote_types(torch.promote_types(logits_img.dtype, logits_noimg.dtype), torch.float32)
     lp_img = torch.log_softmax(logits_img.to(dtype), dim=-1)
     lp_noimg = torch.log_softmax(logits_noimg.to(dtype), dim=-1)

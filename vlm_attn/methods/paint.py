@@ -31,8 +31,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,18 +41,11 @@ from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
 from .registry import register_method
 
 from .heads import HeadSensitivity, head_factors
-from .pai import (
-    _check_bool,
-    _check_nonneg,
-    _check_open_closed_unit,
-    _check_logits_4d,
-    _check_real,
-    _coef_4d,
-    _columns_4d,
-    amplify_with_gain,
-    resolve_layers,
-    validate_layers,
+from .config import (
+    Bool, Choice, ConfigError, Custom, Layers, MethodConfig, Number, check_bool, check_choice, check_nonneg, check_ratio,
+    setting,
 )
+from .pai import _check_logits_4d, _coef_4d, _columns_4d, amplify_with_gain, resolve_layers
 
 __all__ = [
     "COLLAPSE_ALPHA",
@@ -88,23 +81,20 @@ SUMMARY_ROUNDINGS: tuple[str, ...] = ("paper", "official")
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_ratio(name: str, value: Any) -> float:
-    """Finite real in ``[0, 1]``."""
-    v = _check_real(name, value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return v
-
-
 def _check_rounding(value: Any) -> str:
-    if value not in SUMMARY_ROUNDINGS:
-        raise ValueError(f"summary_rounding must be one of {', '.join(map(repr, SUMMARY_ROUNDINGS))}, got {value!r}")
+    return check_choice("summary_rounding", value, SUMMARY_ROUNDINGS)
+
+
+def _check_head_sensitivity(name: str, value: Any) -> Any:
+    if not isinstance(value, (str, os.PathLike, HeadSensitivity)):
+        raise ConfigError(f"{name} must be a HeadSensitivity, a path to its JSON, or None, got {value!r} "
+                          f"({type(value).__name__})")
     return value
 
 
 @dataclass(frozen=True)
-class PAINTConfig:
-    """Settings of PAINT (SPEC section 4). Validated on construction; ValueError names the field.
+class PAINTConfig(MethodConfig):
+    """Settings of PAINT (SPEC section 4). Validated on construction; ConfigError names the class and field.
 
     Attributes:
         alpha: amplification of the local (informative) set L, ``>= 0``; a warning is logged from 0.8 on,
@@ -125,41 +115,32 @@ class PAINTConfig:
         head_top_fraction: keep only this fraction of the most sensitive heads, in ``(0, 1]``, or None.
     """
 
-    alpha: float = 0.7
-    beta: float = 0.4
-    local_ratio: float = 0.25
-    spatial_ratio: float = 0.05
-    iqr_k: float = 1.5
-    summary_rounding: SummaryRounding = "paper"
-    guidance: bool = True
-    gamma: float = 1.1
-    cutoff: float = 0.1
-    layers: tuple[int, ...] | None = None
-    head_sensitivity: str | os.PathLike[str] | HeadSensitivity | None = None
-    kappa: float = 1.0
-    head_top_fraction: float | None = None
-    name: str = field(default="paint", init=False, repr=False)  # registry / CLI key
+    name: ClassVar[str] = "paint"
+    description: ClassVar[str] = ("PAINT: amplify informative and summary image tokens picked by the vision "
+                                  "encoder's attention, + PAI's guidance")
 
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "alpha", _check_nonneg("alpha", self.alpha))
-        set_(self, "beta", _check_nonneg("beta", self.beta))
-        set_(self, "local_ratio", _check_ratio("local_ratio", self.local_ratio))
-        set_(self, "spatial_ratio", _check_ratio("spatial_ratio", self.spatial_ratio))
-        set_(self, "iqr_k", _check_nonneg("iqr_k", self.iqr_k))
-        _check_rounding(self.summary_rounding)
-        _check_bool("guidance", self.guidance)
-        set_(self, "gamma", _check_nonneg("gamma", self.gamma))
-        set_(self, "cutoff", _check_open_closed_unit("cutoff", self.cutoff))
-        set_(self, "layers", validate_layers("layers", self.layers))
-        hs = self.head_sensitivity
-        if hs is not None and not isinstance(hs, (str, os.PathLike, HeadSensitivity)):
-            raise ValueError(
-                f"head_sensitivity must be a HeadSensitivity, a path to its JSON, or None, got {type(hs).__name__}"
-            )
-        set_(self, "kappa", _check_nonneg("kappa", self.kappa))
-        if self.head_top_fraction is not None:
-            set_(self, "head_top_fraction", _check_open_closed_unit("head_top_fraction", self.head_top_fraction))
+    alpha: float = setting(0.7, "amplification of the local (informative) token set (0.8 collapses)",
+                           Number(low=0.0))
+    beta: float = setting(0.4, "amplification of the summary token set", Number(low=0.0))
+    local_ratio: float = setting(0.25, "fraction of patches kept by the local stream", Number(0.0, 1.0))
+    spatial_ratio: float = setting(0.05, "fraction of patches kept by the spatial stream", Number(0.0, 1.0))
+    iqr_k: float = setting(1.5, "IQR multiplier of the summary-token outlier rule", Number(low=0.0))
+    summary_rounding: SummaryRounding = setting(
+        "paper", "paper: keep every IQR outlier; official: the official code's int(n * share)",
+        Choice(SUMMARY_ROUNDINGS))
+    guidance: bool = setting(True, "run PAI's image-free logits guidance beside the attention edit", Bool())
+    gamma: float = setting(1.1, "guidance strength (1 = no effect)", Number(low=0.0))
+    cutoff: float = setting(0.1, "guidance plausibility cut-off", Number(0.0, 1.0, low_open=True))
+    layers: tuple[int, ...] | None = setting(None, "decoder layers to steer, e.g. 2,5 (default 2..L-1)", Layers())
+    head_sensitivity: str | os.PathLike[str] | HeadSensitivity | None = setting(
+        None, "per-head modulation: a JSON from calibrate-heads (default: one alpha for every head)",
+        Custom(_check_head_sensitivity, "a calibrate-heads JSON path", optional=True))
+    kappa: float = setting(1.0, "sharpness of the head modulation", Number(low=0.0))
+    head_top_fraction: float | None = setting(None, "keep only this fraction of the most sensitive heads",
+                                              Number(0.0, 1.0, low_open=True, optional=True))
+
+    def validate(self) -> None:
+        super().validate()
         if self.alpha >= COLLAPSE_ALPHA:
             logger.warning(
                 "PAINT alpha=%.3g >= %.1f: the paper reports collapsed generation at alpha 0.8 "
@@ -167,7 +148,7 @@ class PAINTConfig:
                 self.alpha,
                 COLLAPSE_ALPHA,
             )
-        if hs is None and (self.kappa != 1.0 or self.head_top_fraction is not None):
+        if self.head_sensitivity is None and (self.kappa != 1.0 or self.head_top_fraction is not None):
             logger.warning("PAINT kappa / head_top_fraction have no effect without head_sensitivity")
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
@@ -224,7 +205,7 @@ def top_ratio(scores: Tensor, ratio: float) -> Tensor:
     """
     if scores.dim() != 1:
         raise ValueError(f"scores must have shape (P,), got {tuple(scores.shape)}")
-    k = _count(_check_ratio("ratio", ratio), scores.shape[0])
+    k = _count(check_ratio("ratio", ratio), scores.shape[0])
     order = torch.sort(scores, descending=True, stable=True).indices[:k]
     return torch.sort(order).values
 
@@ -314,7 +295,7 @@ def summary_tokens(scores: Tensor, k: float = 1.5, rounding: SummaryRounding = "
     """
     if scores.dim() != 1 or scores.shape[0] == 0:
         raise ValueError(f"scores must have shape (P,) with P >= 1, got {tuple(scores.shape)}")
-    k = _check_nonneg("k", k)
+    k = check_nonneg("k", k)
     _check_rounding(rounding)
     s = scores.to(torch.float64)
     q1, q3 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=torch.float64, device=s.device))
@@ -401,7 +382,7 @@ def select_tokens(
     Returns:
         :class:`TokenSelection` of sorted int64 indices into the (merged) token sequence, row-major.
     """
-    _check_bool("has_cls", has_cls)
+    check_bool("has_cls", has_cls)
     _check_attn("first_layer_attn", first_layer_attn, has_cls)
     _check_attn("feature_layer_attn", feature_layer_attn, has_cls)
     if first_layer_attn.shape[2] != feature_layer_attn.shape[2]:

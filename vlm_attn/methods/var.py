@@ -13,53 +13,59 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..engine.method import AttentionMethod, CallState, Edit, LayerView, RowSet, Tally
+from .config import Bool, ConfigError, Custom, Dims, Layers, MethodConfig, Number, check_number, setting
 from .registry import register_method
 
 logger = logging.getLogger(__name__)
 
 
+def _check_var_layers(name: str, value: Any) -> tuple[int, ...]:
+    """VAR's layers: indices >= 0 in the given order (repeats allowed, as before)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in value) or any(x < 0 for x in value):
+        raise ConfigError(f"{name} must be non-negative layer indices such as (2, 5), got {value!r} "
+                          f"({type(value).__name__})")
+    return tuple(int(x) for x in value)
+
+
 # ------------------------------------------------------------------------------------------- config
-@dataclass
-class VARConfig:
+@dataclass(frozen=True)
+class VARConfig(MethodConfig):
     """Settings of VAR. Defaults reproduce the paper's hallucination setting."""
 
-    p: float = 0.6  # fraction of sink attention moved to visual non-sink tokens
-    rho: float = 0.5  # minimum share of image attention on non-sink image tokens for a head to be image-centric
-    tau: float = 20.0  # sink threshold on phi(x) = max_{d in D_sink} |x_d| / RMS(x)
-    image_mass: float = 0.2  # minimum attention mass on the image for a head to be image-centric
-    sink_dims: tuple[int, ...] | str | None = None  # dims, a calibration JSON path, or None (known table)
-    layers: tuple[int, ...] | None = None  # None: 2 .. L-1
-    exclude_last_layer: bool = False  # the official release's (dead) option to skip layer L-1
-    name: str = field(default="var", init=False, repr=False)
+    name: ClassVar[str] = "var"
+    description: ClassVar[str] = "VAR: move part of the sink tokens' attention to the image (ICLR 2025)"
 
-    def __post_init__(self) -> None:
-        _in_range("p", self.p, 0.0, 1.0)
-        _in_range("rho", self.rho, 0.0, 1.0)
-        _in_range("image_mass", self.image_mass, 0.0, 1.0, low_open=True)
-        if not self.tau > 0:
-            raise ValueError(f"VARConfig.tau must be > 0 (paper: 20), got {self.tau}")
-        if isinstance(self.sink_dims, (list, tuple)):
-            dims = tuple(int(d) for d in self.sink_dims)
-            if not dims or min(dims) < 0:
-                raise ValueError(f"VARConfig.sink_dims must be non-negative hidden dims, got {self.sink_dims}")
-            self.sink_dims = dims
-        if self.layers is not None:
-            self.layers = tuple(int(x) for x in self.layers)
-            if any(x < 0 for x in self.layers):
-                raise ValueError(f"VARConfig.layers must be non-negative layer indices, got {self.layers}")
+    p: float = setting(0.6, "fraction of sink attention moved to visual non-sink tokens (paper 0.6)",
+                       Number(0.0, 1.0))
+    rho: float = setting(0.5, "minimum share of image attention on non-sink image tokens for a head to be "
+                              "image-centric (paper 0.5; 0.8 general, 0.9 vision-centric)", Number(0.0, 1.0))
+    tau: float = setting(20.0, "sink threshold on |x_d|/RMS(x) over the sink dims (paper 20)",
+                         Number(low=0.0, low_open=True))
+    image_mass: float = setting(0.2, "minimum attention mass on the image for a head to be image-centric",
+                                Number(0.0, 1.0, low_open=True))
+    sink_dims: tuple[int, ...] | str | None = setting(
+        None, "sink dims as 1415,2533 or a JSON from calibrate-sinks (default: the known table)", Dims())
+    layers: tuple[int, ...] | None = setting(None, "decoder layers to steer, e.g. 2,5 (default 2..L-1)",
+                                             Custom(_check_var_layers, "decoder layers such as 2,5,9",
+                                                    Layers().parse, optional=True))
+    exclude_last_layer: bool = setting(False, "skip layer L-1 (the official release's dead option)", Bool())
 
     @classmethod
     def from_official(cls, kept_fraction: float = 0.6, one_minus_rho: float = 0.5, **kwargs: Any) -> "VARConfig":
         """Build from the official code's conventions (it stores the kept fraction and 1 - rho)."""
-        return cls(p=1.0 - kept_fraction, rho=1.0 - one_minus_rho, **kwargs)
+        kept = check_number(f"{cls.__name__}.from_official kept_fraction (the kept share, 1 - p)", kept_fraction,
+                            0.0, 1.0)
+        share = check_number(f"{cls.__name__}.from_official one_minus_rho (1 - rho)", one_minus_rho, 0.0, 1.0)
+        return cls(p=1.0 - kept, rho=1.0 - share, **kwargs)
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         if self.layers is not None:
@@ -69,13 +75,6 @@ class VARConfig:
             return self.layers
         last = num_layers - 1 if self.exclude_last_layer else num_layers
         return tuple(range(2, last))
-
-
-def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
-    ok = (low < value if low_open else low <= value) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"VARConfig.{name} must lie in {bracket}{low}, {high}], got {value}")
 
 
 # ------------------------------------------------------------------------------------------- math

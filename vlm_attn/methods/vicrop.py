@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ from vlm_attn.methods.crops import (
     with_vqa_suffix,
 )
 
+from vlm_attn.methods.config import MethodConfig, Number, Numbers, Text, setting
+from vlm_attn.methods.registry import register_input
+
 logger = logging.getLogger(__name__)
 
 GENERAL_PROMPT = "Write a general description of the image."
@@ -63,8 +67,9 @@ RELATIVE_EPS = 1e-12
 _CELL_TOLERANCE = 1e-9  # keeps e.g. 2.9999999999 cells from flooring to 2
 
 
+@register_input
 @dataclass(frozen=True)
-class ViCropConfig:
+class ViCropConfig(MethodConfig):
     """Settings of the ViCrop rel-att baseline.
 
     Attributes:
@@ -78,31 +83,20 @@ class ViCropConfig:
         eps: added to the general map's denominator in :func:`relative_map`.
     """
 
-    layer: int | None = None
-    bbox_size: int | None = None
-    ratios: tuple[float, ...] = DEFAULT_RATIOS
-    general_prompt: str = GENERAL_PROMPT
-    vqa_suffix: str = VQA_SUFFIX
-    eps: float = RELATIVE_EPS
-    name: str = field(default="vicrop", init=False, repr=False)
+    name: ClassVar[str] = "vicrop"
+    description: ClassVar[str] = "ViCrop rel-att (input-level): answer on the image plus a crop where attention points"
 
-    def __post_init__(self) -> None:
-        if self.layer is not None and (
-            isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0
-        ):
-            raise ValueError(f"layer must be None or an int >= 0, got {self.layer!r}")
-        if self.bbox_size is not None and (
-            isinstance(self.bbox_size, bool) or not isinstance(self.bbox_size, int) or self.bbox_size < 1
-        ):
-            raise ValueError(f"bbox_size must be None or an int >= 1 (pixels), got {self.bbox_size!r}")
-        _check_ratios(self.ratios)
-        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
-        if not isinstance(self.general_prompt, str) or not self.general_prompt.strip():
-            raise ValueError("general_prompt must be a non-empty str")
-        if not isinstance(self.vqa_suffix, str):
-            raise ValueError(f"vqa_suffix must be a str, got {type(self.vqa_suffix).__name__}")
-        if not (isinstance(self.eps, (int, float)) and 0.0 <= self.eps < 1.0):
-            raise ValueError(f"eps must be a float in [0, 1), got {self.eps!r}")
+    layer: int | None = setting(None, "decoder layer whose attention is read (default: per family)",
+                                Number(low=0, integer=True, optional=True))
+    bbox_size: int | None = setting(None, "base crop side in pixels (default: the encoder input size)",
+                                    Number(low=1, integer=True, optional=True))
+    ratios: tuple[float, ...] = setting(DEFAULT_RATIOS, "crop-size multipliers tried by the window search",
+                                        Numbers())
+    general_prompt: str = setting(GENERAL_PROMPT, "question-agnostic prompt of the relative map",
+                                  Text(nonempty=True))
+    vqa_suffix: str = setting(VQA_SUFFIX, "appended to the question for short-answer VQA", Text())
+    eps: float = setting(RELATIVE_EPS, "added to the general map's denominator",
+                         Number(0.0, 1.0, high_open=True))
 
 
 def _check_ratios(ratios: tuple[float, ...]) -> None:

@@ -251,7 +251,9 @@ def test_missing_torchvision_is_named_with_the_install_command(qwen_files: Path,
     from vlm_attn.patches.base import _FAMILIES
 
     monkeypatch.delitem(_FAMILIES, "qwen2_5_vl")
-    with pytest.raises(RuntimeError) as info:
+    from vlm_attn.errors import UserError
+
+    with pytest.raises(UserError) as info:
         load_model(str(qwen_files))
     message = str(info.value)
     assert "\n" not in message and "tiny-llava" not in message and "save_pretrained" not in message

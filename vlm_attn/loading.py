@@ -138,7 +138,14 @@ def check_reachable(name: str, revision: str | None = None, cache_dir: Any = Non
 
     Without this, an unreachable hub makes transformers retry for ~20 s and print each warning twice.
     """
-    if _is_local(name) or _cached(name, revision, cache_dir):
+    if _is_local(name):
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        raise UserError(
+            f"model directory {name} does not exist; pass a directory saved with save_pretrained or a hub id "
+            "(offline: the shipped --model toy-vlm, or --model tiny-llava built on the spot)"
+        )
+    if _cached(name, revision, cache_dir):
         return
     if "/" not in name and not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         return  # not an id at all: from_pretrained names the problem
@@ -148,7 +155,7 @@ def check_reachable(name: str, revision: str | None = None, cache_dir: Any = Non
         raise UserError(
             f"{name!r} is neither a local directory nor in the local Hugging Face cache, and {why}; pass a local "
             "directory saved with save_pretrained, download the model where there is network, or try the shipped "
-            "--model toy-vlm"
+            "--model toy-vlm (or --model tiny-llava, built offline)"
         )
 
 

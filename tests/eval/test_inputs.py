@@ -27,6 +27,8 @@ def refusal(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         assert rc != 0, f"accepted: {argv}"
         message = capsys.readouterr().err
     message = message.strip()
+    if message.startswith("error: "):  # the CLI's one-line form on stderr
+        message = message[len("error: "):]
     assert message and "\n" not in message, f"not one line: {message!r}"
     return message
 

@@ -79,3 +79,29 @@ def test_calibration_finds_a_planted_sink_dim(load, tmp_path):
         assert handle.engine.methods[0].sink_dims == (7,)
     with pytest.raises(ValueError, match="no hidden dimension"):
         calibrate_sinks(model, proc, batch_images, threshold=7.99)
+
+
+def test_a_removed_handle_says_so(load, caplog):
+    """`with handle:` on a removed handle refuses; report() after remove() is the last call's report, logged."""
+    import logging
+
+    import torch
+
+    import vlm_attn
+    from vlm_attn.prompting import build_inputs
+
+    from .conftest import make_image
+
+    model, processor = load("llava")
+    batch = build_inputs(processor, [make_image(1)], ["Describe."])
+    handle = vlm_attn.apply(model, vlm_attn.PAIConfig(guidance=False))
+    with torch.no_grad():
+        model.generate(**batch, max_new_tokens=3, do_sample=False)
+    live = handle.report()
+    handle.remove()
+    with caplog.at_level(logging.WARNING, logger="vlm_attn"):
+        assert handle.report() == live
+    assert any("removed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError, match="handle was removed"):
+        with handle:
+            pass

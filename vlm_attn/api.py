@@ -36,11 +36,23 @@ class Handle:
         """Restore the previous attention implementation and remove the hooks (idempotent)."""
         if not self.active:
             return
+        self._final_report = self.engine.report()  # report() after remove() still tells the last call
         self.engine.remove()
         delattr(self.model, HANDLE_ATTR)
 
     def report(self) -> dict[str, Any]:
-        """What each method did during the latest generate/forward call: sinks per layer, rows and heads edited."""
+        """What each method did during the latest generate/forward call: sinks per layer, rows and heads edited.
+
+        After `remove()` this is the report of the last call made while the methods were applied (logged as such);
+        `{}` only when no call ran at all.
+        """
+        if not self.active:
+            final = getattr(self, "_final_report", None)
+            if final is None:
+                logger.warning("report(): this handle was never applied to a call or was removed by another handle")
+                return {}
+            logger.warning("report(): the methods were removed; this is the report of the last call before remove()")
+            return final
         return self.engine.report()
 
     def logits_processor(self, inputs: Mapping[str, Any]) -> Any:
@@ -95,6 +107,11 @@ class Handle:
         return self.model.generate(**self.generate_kwargs(kwargs, kwargs))
 
     def __enter__(self) -> "Handle":
+        if not self.active:
+            raise RuntimeError(
+                "this handle was removed, so `with handle:` would run the model unsteered: apply the methods again "
+                "(with vlm_attn.apply(model, configs) as handle: ...)"
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:

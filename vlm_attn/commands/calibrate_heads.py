@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .checks import check_image_folder, check_model_args, check_positive
 from .common import add_model_args, write
 
 
@@ -12,6 +13,9 @@ def cmd_calibrate_heads(args: argparse.Namespace) -> int:
     from ..loading import load_model
     from ..methods.head_calibration import calibrate_heads
 
+    check_model_args(args)
+    check_positive("--n", args.n)
+    check_image_folder(args.images)
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     try:
         result = calibrate_heads(model, processor, args.images, n=args.n, progress=not args.no_progress)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import UserError
+from .checks import check_images, check_model_args
 from .common import add_model_args, write
 
 
@@ -12,6 +14,12 @@ def cmd_calibrate_sinks(args: argparse.Namespace) -> int:
     from ..loading import load_model, sample_image_path
     from ..methods.sink_calibration import calibrate_sinks
 
+    check_model_args(args)
+    check_images(args.image)
+    if not args.threshold > 0:
+        raise UserError(f"--threshold must be > 0 (VAR's tau is 20), got {args.threshold}")
+    if not 0 < args.min_layer_fraction <= 1:
+        raise UserError(f"--min-layer-fraction must be in (0, 1], got {args.min_layer_fraction}")
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     images = args.image or [sample_image_path()]
     try:
@@ -24,7 +32,12 @@ def cmd_calibrate_sinks(args: argparse.Namespace) -> int:
     path = result.save(args.out)
     write(f"sink dims {result.sink_dims} (peak |x_d|/RMS: "
            + ", ".join(f"{d}: {result.peak_ratio[d]:.1f}" for d in result.sink_dims) + f") -> {path}")
-    write(f"use them with: --method var --sink-dims {path}   or   VARConfig(sink_dims={str(path)!r})")
+    tau = "" if args.threshold == 20 else f" --tau {args.threshold:g}"
+    tau_kw = "" if args.threshold == 20 else f", tau={args.threshold:g}"
+    write(f"use them with: --method var --sink-dims {path}{tau}   or   VARConfig(sink_dims={str(path)!r}{tau_kw})")
+    if args.threshold != 20:
+        write(f"(tau must match the calibration threshold {args.threshold:g}: with the paper's tau 20 no token of "
+              "this model counts as a sink)")
     return 0
 
 

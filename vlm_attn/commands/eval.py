@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .checks import check_against_model, check_method_files, check_model_args
 from .common import add_method_args, add_model_args, build_configs, parse_method_args, write
 
 
@@ -57,6 +58,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     tasks.check_options(options)
     spec = parse_method_args(args)  # method flags and --method-config, before any data or model is read
+    check_model_args(args)
+    check_method_files(spec.configs)
     plan: tasks.ChairPlan | tasks.PopePlan
     if args.task == "chair":
         plan = tasks.plan_chair(args.coco_root, options, image_list=args.image_list, num_images=args.num_images,
@@ -79,6 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             **({"revision": args.revision} if args.revision else {}),
         )
         configs = build_configs(spec, model)
+        check_against_model(configs, model)
         if spec.input_config is not None:
             configs.append(spec.input_config)
         execute = tasks.execute_chair if args.task == "chair" else tasks.execute_pope

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from .common import add_method_args, add_model_args, build_configs, format_report, generate_text, parse_method_args, write
+from .checks import check_against_model, check_images, check_method_files, check_model_args
 from .input_methods import format_decision
 
 
@@ -18,10 +19,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..prompting import build_inputs
 
     spec = parse_method_args(args)  # every method setting checked before the model is loaded
+    check_model_args(args)
+    check_images([args.image] if args.image else [])
+    check_method_files(spec.configs)
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     image = args.image or sample_image_path()
     batch = build_inputs(processor, [image], [with_vqa_suffix(args.prompt, args.vqa)]).to(model.device)
     configs = build_configs(spec, model)  # attention methods; the input-level one is spec.input_config
+    check_against_model(configs, model)  # sink dims in range, head sensitivity of this model: before generating
     method = spec.input_config
     if not args.no_vanilla or not (configs or method is not None):
         write("== vanilla ==")

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from .checks import check_against_model, check_images, check_method_files, check_model_args
 from .common import add_method_args, add_model_args, build_configs, parse_method_args, write
 from .input_methods import format_decision
 
@@ -104,6 +105,7 @@ def format_layers(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..generation import load_rgb
     from ..loading import load_model, sample_image_path
@@ -114,10 +116,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --out {out} must end in .png, .jpg or .webp")
     args.method_spec = parse_method_args(args)  # every method setting checked before the model is loaded
     args.method = args.method_spec.names[0]
+    check_model_args(args)
+    check_images([args.image] if args.image else [])
+    check_method_files(args.method_spec.configs)
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     image = load_rgb(args.image or sample_image_path())
     # Built once: the figure and the --answer generation use the same configs (and log their warnings once).
     args.attention_configs = build_configs(args.method_spec, model)
+    check_against_model(args.attention_configs, model)
     rows, summary = PANEL_BUILDERS[args.method](model, processor, image, args)
     figure = render_rows(rows)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -286,6 +286,8 @@ def generate_text(model: Any, processor: Any, batch: Any, max_new_tokens: int) -
 def format_report(report: dict[str, Any]) -> str:
     """A small text table of what each method did, per layer."""
     lines = [f"image tokens per sample: {report.get('image_tokens')}"]
+    if "guidance" in report:
+        lines.append(f"image-free guidance: {report['guidance']}")
     for name, data in report.items():
         if not isinstance(data, dict):
             continue

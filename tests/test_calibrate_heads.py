@@ -71,7 +71,7 @@ def test_cli_calibrate_heads(tiny_cache, monkeypatch, tmp_path, capsys):
     record = json.loads(out.read_text())
     assert record["recipe"]["images"] == ["0.png", "1.png"] and record["num_layers"] == 4
     assert "heads.json" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(SystemExit, match="no such folder"):
         main(["calibrate-heads", "--model", "tiny-llava", "--images", str(tmp_path / "nope"), "--out", str(out)])
 
 

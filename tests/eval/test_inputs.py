@@ -26,7 +26,9 @@ def refusal(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     else:
         assert rc != 0, f"accepted: {argv}"
         message = capsys.readouterr().err
-    message = message.strip()
+    # transformers' own progress bars (loading weights) go to stderr too; they are not ours
+    message = "\n".join(line for line in message.replace("\r", "\n").splitlines()
+                        if line.strip() and "it/s]" not in line).strip()
     if message.startswith("error: "):  # the CLI's one-line form on stderr
         message = message[len("error: "):]
     assert message and "\n" not in message, f"not one line: {message!r}"

@@ -7,7 +7,7 @@ import torch
 
 import vlm_attn
 from vlm_attn.cli import main
-from vlm_attn.methods.head_calibration import calibrate_heads
+from vlm_attn.passes.head_calibration import calibrate_heads
 from vlm_attn.methods.heads import HeadSensitivity, config_hash
 from vlm_attn.prompting import build_inputs
 from vlm_attn.tiny import tiny_path

@@ -53,7 +53,7 @@ class Handle:
         """
         from transformers import LogitsProcessorList
 
-        from .methods.guidance import ImageFreeGuidance, guidance_settings
+        from .passes.guidance import ImageFreeGuidance, guidance_settings
 
         settings = guidance_settings(self.configs)
         if settings is None:
@@ -122,7 +122,7 @@ def apply(model: nn.Module, configs: Any | Iterable[Any]) -> Handle:
     """
     if getattr(model, HANDLE_ATTR, None) is not None:
         raise RuntimeError("vlm-attn methods are already applied to this model: call handle.remove() first")
-    from .methods.guidance import guidance_settings
+    from .passes.guidance import guidance_settings
 
     adapter = get_adapter(model)
     config_list = _as_list(configs)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .methods.anchor import AnchorMap, capture_anchor_map, resolve_layer
+from .passes.anchor import AnchorMap, capture_anchor_map, resolve_layer
 from .methods.crops import Box, Region, to_rgb
 from .methods.funnel import (
     FunnelConfig,

@@ -34,7 +34,7 @@ from torch import nn
 
 from .engine.method import CallState
 from .methods.crops import Region, with_vqa_suffix
-from .methods.inspect_capture import capture_rows
+from .passes.inspect_capture import capture_rows
 from .patches.base import ImageGrid, get_adapter
 from .prompting import build_inputs
 

@@ -112,7 +112,7 @@ def _write_demo_settings(model: torch.nn.Module, processor: Any, out: Path) -> N
 
     from .api import apply
     from .loading import DEMO_FILE, sample_image_path
-    from .methods.sink_calibration import calibrate_sinks
+    from .passes.sink_calibration import calibrate_sinks
     from .methods.var import VARConfig
     from .prompting import build_inputs
 

@@ -10,7 +10,7 @@ from .common import add_model_args, write
 
 def cmd_calibrate_heads(args: argparse.Namespace) -> int:
     from ..loading import load_model
-    from ..methods.head_calibration import calibrate_heads
+    from ..passes.head_calibration import calibrate_heads
 
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     try:

@@ -10,7 +10,7 @@ from .common import add_model_args, write
 
 def cmd_calibrate_sinks(args: argparse.Namespace) -> int:
     from ..loading import load_model, sample_image_path
-    from ..methods.sink_calibration import calibrate_sinks
+    from ..passes.sink_calibration import calibrate_sinks
 
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     images = args.image or [sample_image_path()]

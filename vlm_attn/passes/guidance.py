@@ -28,7 +28,7 @@ from torch import nn
 from transformers import LogitsProcessor
 
 from ..patches.base import FamilyAdapter, get_adapter
-from .pai import _check_nonneg, _check_open_closed_unit, guided_logits
+from ..methods.pai import _check_nonneg, _check_open_closed_unit, guided_logits
 
 __all__ = ["ImageFreeGuidance", "guidance_settings"]
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..engine.engine import Engine
 from ..engine.method import AttentionMethod, LayerView, RowSet
 from ..patches.base import get_adapter
-from .heads import HeadSensitivity, SensitivityAccumulator
+from ..methods.heads import HeadSensitivity, SensitivityAccumulator
 
 logger = logging.getLogger(__name__)
 

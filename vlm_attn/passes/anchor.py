@@ -24,7 +24,7 @@ from torch import nn
 from ..engine.engine import Engine
 from ..engine.method import AttentionMethod, CallState, LayerView, RowSet
 from ..patches.base import FamilyAdapter, ImageGrid, get_adapter
-from .funnel import normalize_map
+from ..methods.funnel import normalize_map
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Observe the last prompt row's attention to the image tokens at several decoder layers (for `inspect`).
 
 :class:`RowCapture` is an observe-only engine method, the multi-layer sibling of
-:class:`vlm_attn.methods.anchor.AnchorCapture`: at each chosen layer it asks the engine for the last query row of
+:class:`vlm_attn.passes.anchor.AnchorCapture`: at each chosen layer it asks the engine for the last query row of
 the prefill, reads that row's post-softmax probabilities (head mean) on the image keys, and changes nothing
 (`edit_probs` returns None, so the attention output stays the fast SDPA one).
 

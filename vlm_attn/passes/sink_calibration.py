@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .var import activation_ratio
+from ..methods.var import activation_ratio
 
 logger = logging.getLogger(__name__)
 

@@ -27,12 +27,11 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 
-from ..patches.base import FamilyAdapter, get_adapter
+from ..engine import engine_of, unsteered
 from ..methods.pai import _check_nonneg, _check_open_closed_unit, guided_logits
+from ..patches.base import FamilyAdapter, get_adapter
 
 __all__ = ["ImageFreeGuidance", "guidance_settings"]
-
-HANDLE_ATTR = "_vlm_attn_handle"  # the attribute `vlm_attn.apply` sets on the model (see api.py)
 
 
 class ImageFreeGuidance(LogitsProcessor):
@@ -69,8 +68,7 @@ class ImageFreeGuidance(LogitsProcessor):
 
     @contextlib.contextmanager
     def _unsteered(self) -> Iterator[None]:
-        handle = getattr(self.model, HANDLE_ATTR, None)
-        with handle.engine.pause() if handle is not None else contextlib.nullcontext(), torch.no_grad():
+        with unsteered(self.model), torch.no_grad():
             yield
 
     def image_free_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -114,9 +112,9 @@ class ImageFreeGuidance(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         free = self.image_free_logits(input_ids).to(scores.device)
-        handle = getattr(self.model, HANDLE_ATTR, None)
-        if handle is not None:
-            handle.engine.mark_guidance()
+        engine = engine_of(self.model)
+        if engine is not None:
+            engine.mark_guidance()
         return guided_logits(scores, free, self.gamma, self.cutoff).to(scores.dtype)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..engine.engine import Engine
+from ..engine import capturing, engine_of
 from ..engine.method import AttentionMethod, LayerView, RowSet
 from ..patches.base import get_adapter
 from ..methods.heads import HeadSensitivity, SensitivityAccumulator
@@ -90,23 +90,20 @@ def calibrate_heads(
 
     Returns the `HeadSensitivity` of this model (save it with `.save(path)`).
     """
-    from ..api import HANDLE_ATTR
     from ..prompting import build_inputs, load_image
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if not prompts:
         raise ValueError("prompts must not be empty")
-    if getattr(model, HANDLE_ATTR, None) is not None:
+    if engine_of(model) is not None:
         raise RuntimeError("calibrate the unpatched model: remove the vlm-attn handle first")
     pictures = list_images(images)
     adapter = get_adapter(model)
     text = adapter.text_config()
     acc = SensitivityAccumulator(int(text.num_hidden_layers), int(text.num_attention_heads))
-    engine = Engine(model, adapter, [_SensitivityProbe(acc)])
-    engine.install()
     names: list[str] = []
-    try:
+    with capturing(model, _SensitivityProbe(acc), adapter):
         device = next(model.parameters()).device
         for i in tqdm(range(n), desc="calibrating heads", disable=not progress):
             picture, prompt = pictures[i % len(pictures)], prompts[i % len(prompts)]
@@ -114,8 +111,6 @@ def calibrate_heads(
             batch = build_inputs(processor, [load_image(picture)], [prompt]).to(device)
             with torch.no_grad():
                 model(**batch)
-    finally:
-        engine.remove()
     recipe = {
         "statistic": "mean image attention mass of text query rows after the first image token (prefill)",
         "n": n,

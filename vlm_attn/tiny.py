@@ -111,7 +111,7 @@ def _write_demo_settings(model: torch.nn.Module, processor: Any, out: Path) -> N
     from PIL import Image
 
     from .api import apply
-    from .loading import DEMO_FILE, sample_image_path
+    from .resources import DEMO_FILE, sample_image_path
     from .passes.sink_calibration import calibrate_sinks
     from .methods.var import VARConfig
     from .prompting import build_inputs

@@ -53,7 +53,7 @@ class _SensitivityProbe(AttentionMethod):
 
 def list_images(images: str | os.PathLike | Sequence[Any] | None) -> list[Any]:
     """Calibration images: a folder (its image files, sorted), a list of paths/PIL images, or None (the sample)."""
-    from ..loading import sample_image_path
+    from ..resources import sample_image_path
 
     if images is None:
         return [sample_image_path()]

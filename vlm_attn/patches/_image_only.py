@@ -160,6 +160,6 @@ class ImageOnlyProcessorFamily(FamilyAdapter):
 
     @classmethod
     def load_tiny_processor(cls, path: str) -> Any:
-        from ..loading import load_processor
+        from .processors import load_processor
 
         return load_processor(path)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from vlm_attn.cli import main
-from vlm_attn.tiny import tiny_path
+from vlm_attn.testing.tiny import tiny_path
 
 
 @pytest.fixture

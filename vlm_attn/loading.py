@@ -11,7 +11,7 @@ import torch
 
 from .patches.processors import load_processor, missing_package_message, one_line
 from .resources import DEMO_FILE, sample_image_path, toy_model_path
-from .tiny import TINY_PREFIX, load_tiny
+from .testing.tiny import TINY_PREFIX, load_tiny
 
 logger = logging.getLogger(__name__)
 

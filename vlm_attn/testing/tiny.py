@@ -68,8 +68,8 @@ def _redraw(model: torch.nn.Module, language_model: torch.nn.Module, lm_std: flo
 
 def tiny_families() -> list[str]:
     """Family names that have a tiny recipe (use as `tiny-<family>`)."""
-    from .patches import _load_all  # noqa: F401
-    from .patches.base import _FAMILIES, FamilyAdapter
+    from ..patches import _load_all  # noqa: F401
+    from ..patches.base import _FAMILIES, FamilyAdapter
 
     base = FamilyAdapter.tiny_spec.__func__
     return [name for name, cls in sorted(_FAMILIES.items()) if cls.tiny_spec.__func__ is not base]
@@ -82,8 +82,8 @@ def default_cache_dir() -> Path:
 
 def build_tiny(family: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Build and save a tiny random model (weights + processor) of `family` into `out_dir`."""
-    from .patches import _load_all  # noqa: F401
-    from .patches.base import _FAMILIES, UnsupportedModelError
+    from ..patches import _load_all  # noqa: F401
+    from ..patches.base import _FAMILIES, UnsupportedModelError
 
     if family not in tiny_families():
         raise UnsupportedModelError(f"no tiny model for {family!r}; available: {', '.join(tiny_families())}")
@@ -110,11 +110,11 @@ def _write_demo_settings(model: torch.nn.Module, processor: Any, out: Path) -> N
     """
     from PIL import Image
 
-    from .api import apply
-    from .resources import DEMO_FILE, sample_image_path
-    from .passes.sink_calibration import calibrate_sinks
-    from .methods.var import VARConfig
-    from .prompting import build_inputs
+    from ..api import apply
+    from ..resources import DEMO_FILE, sample_image_path
+    from ..passes.sink_calibration import calibrate_sinks
+    from ..methods.var import VARConfig
+    from ..prompting import build_inputs
 
     image = Image.open(sample_image_path()).convert("RGB")
     batch = build_inputs(processor, [image], ["Please describe this image in detail."])
@@ -149,8 +149,8 @@ def load_tiny(name: str, cache_dir: str | os.PathLike | None = None, seed: int =
     """(model, processor) of a tiny model, loaded through `from_pretrained` like any checkpoint."""
     from transformers import AutoModelForImageTextToText
 
-    from .patches import _load_all  # noqa: F401
-    from .patches.base import _FAMILIES
+    from ..patches import _load_all  # noqa: F401
+    from ..patches.base import _FAMILIES
 
     path = tiny_path(name, cache_dir, seed)
     family = (path / "VLM_ATTN_TINY").read_text().split()[0]

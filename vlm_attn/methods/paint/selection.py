@@ -37,11 +37,11 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
-from .registry import register_method
+from ...engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
+from ..registry import register_method
 
-from .heads import HeadSensitivity, head_factors
-from .pai import (
+from ..heads import HeadSensitivity, head_factors
+from ..pai import (
     _check_bool,
     _check_nonneg,
     _check_open_closed_unit,

@@ -296,7 +296,7 @@ ANCHOR_NAMES = {"prefill": "vanilla prefill (SDPA forward)", "anchor": "anchorin
 
 def run_anchor_variant(variant: str, device: str, dtype: str, repeats: int) -> dict:
     """Time and peak memory of one forward: vanilla prefill, the Funnel anchoring pass, or the peer style."""
-    from vlm_attn.methods.anchor import capture_anchor_map
+    from vlm_attn.passes.anchor import capture_anchor_map
 
     model = build_model().to(device=device, dtype=getattr(torch, dtype))
     inputs = make_inputs(device)

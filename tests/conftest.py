@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_attn.tiny import load_tiny, tiny_path
+from vlm_attn.testing.tiny import load_tiny, tiny_path
 
 CORE_FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"]
 # The shared reference data sits beside the checkout; VLM_ATTN_SHARED points elsewhere (e.g. from a git worktree).

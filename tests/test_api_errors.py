@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vlm_attn
-from vlm_attn.methods.sink_calibration import calibrate_sinks, extreme_dims
+from vlm_attn.passes.sink_calibration import calibrate_sinks, extreme_dims
 from vlm_attn.patches import UnsupportedModelError
 
 from .conftest import make_image

@@ -7,10 +7,10 @@ import torch
 
 import vlm_attn
 from vlm_attn.cli import main
-from vlm_attn.methods.head_calibration import calibrate_heads
+from vlm_attn.passes.head_calibration import calibrate_heads
 from vlm_attn.methods.heads import HeadSensitivity, config_hash
 from vlm_attn.prompting import build_inputs
-from vlm_attn.tiny import tiny_path
+from vlm_attn.testing.tiny import tiny_path
 
 from .conftest import make_image
 

@@ -8,7 +8,7 @@ import pytest
 
 from vlm_attn.cli import main
 from vlm_attn.errors import UserError
-from vlm_attn.tiny import tiny_path
+from vlm_attn.testing.tiny import tiny_path
 
 
 @pytest.fixture

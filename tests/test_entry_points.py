@@ -26,7 +26,7 @@ from vlm_attn.eval.runner import Sample, run_samples
 from vlm_attn.loading import demo_settings, load_model, sample_image_path
 from vlm_attn.pipelines import steered_pipeline
 from vlm_attn.prompting import build_inputs
-from vlm_attn.tiny import load_tiny, tiny_path
+from vlm_attn.testing.tiny import load_tiny, tiny_path
 
 NEW_TOKENS = 8  # enough for PAI/PAINT guidance to change the text on both models (checked below)
 PROMPT = "Please describe this image in detail."

@@ -19,7 +19,7 @@ from torch import nn
 
 import vlm_attn
 from vlm_attn.patches import UnsupportedModelError, get_adapter
-from vlm_attn.tiny import tiny_families
+from vlm_attn.testing.tiny import tiny_families
 
 from .conftest import CORE_FAMILIES
 from .test_engine import VAR, greedy, inputs, logits

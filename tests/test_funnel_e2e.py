@@ -8,7 +8,7 @@ from PIL import Image
 
 import vlm_attn
 from vlm_attn.cli import main
-from vlm_attn.methods.anchor import capture_anchor_map
+from vlm_attn.passes.anchor import capture_anchor_map
 from vlm_attn.patches import get_adapter
 from vlm_attn.patches.llava import LlavaAdapter
 from vlm_attn.prompting import build_inputs

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import vlm_attn
-from vlm_attn.methods.anchor import capture_anchor_map
+from vlm_attn.passes.anchor import capture_anchor_map
 from vlm_attn.patches import get_adapter
 from vlm_attn.prompting import build_inputs
 

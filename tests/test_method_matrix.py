@@ -165,7 +165,7 @@ def test_score_groups_match_the_connectors():
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_guidance_runs_on_every_family(load, family):
     """PAI's image-free guidance pass works on each family's text-only prompt and leaves the call state alone."""
-    from vlm_attn.methods.guidance import ImageFreeGuidance
+    from vlm_attn.passes.guidance import ImageFreeGuidance
 
     model, proc = load(family)
     batch = inputs(proc, family)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vlm_attn
-from vlm_attn.methods.guidance import ImageFreeGuidance
+from vlm_attn.passes.guidance import ImageFreeGuidance
 from vlm_attn.methods.pai import amplify_logits, guided_logits
 from vlm_attn.patches import get_adapter
 from vlm_attn.prompting import build_inputs

@@ -5,7 +5,7 @@ import torch
 
 import vlm_attn
 from vlm_attn.prompting import build_inputs
-from vlm_attn.tiny import tiny_path
+from vlm_attn.testing.tiny import tiny_path
 
 from .conftest import make_image
 

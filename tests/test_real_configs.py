@@ -25,7 +25,7 @@ import vlm_attn
 from vlm_attn.cli import main
 from vlm_attn.loading import load_model
 from vlm_attn.prompting import build_inputs
-from vlm_attn.tiny import _redraw
+from vlm_attn.testing.tiny import _redraw
 
 from .conftest import make_image
 
@@ -278,7 +278,7 @@ def test_image_token_taken_from_the_config_when_the_tokenizer_lacks_the_default(
     """A tokenizer without `<|image_pad|>` (and no `image_token` attribute): the config's id names the token."""
     from vlm_attn.patches._image_only import match_image_token
     from vlm_attn.patches.qwen2_5_vl import Qwen25VLAdapter
-    from vlm_attn.tiny import build_tokenizer
+    from vlm_attn.testing.tiny import build_tokenizer
 
     tok = build_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|my_image|>", "<|video_pad|>"], {},
                           pad_token="<|endoftext|>")

@@ -137,7 +137,7 @@ def test_onevision_several_images_are_padded(load):
 def test_funnel_and_vicrop_decide_use_the_seen_region(load, monkeypatch):
     """End to end on LLaVA: a captured one-hot map on cell (2, 0) puts the boxes at x = 20 + 80/12, not 120/12."""
     from vlm_attn import generation
-    from vlm_attn.methods.anchor import AnchorMap
+    from vlm_attn.passes.anchor import AnchorMap
 
     model, proc = load("llava")
     grid = get_adapter(model).image_grid(build_inputs(proc, [planted((120, 80), (33, 57))], ["x"]))

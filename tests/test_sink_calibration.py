@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm_attn.methods.sink_calibration import calibrate_sinks, layer_inputs
+from vlm_attn.passes.sink_calibration import calibrate_sinks, layer_inputs
 from vlm_attn.patches import get_adapter
 from vlm_attn.prompting import build_inputs
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .engine.engine import Engine
 from .methods.registry import build_method, check_unique
+from .passes.guidance import guidance_settings  # public here: which guidance a list of configs asks for
 from .patches.base import get_adapter
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Handle:
         """
         from transformers import LogitsProcessorList
 
-        from .methods.guidance import ImageFreeGuidance, guidance_settings
+        from .passes.guidance import ImageFreeGuidance
 
         settings = guidance_settings(self.configs)
         if settings is None:
@@ -139,8 +140,6 @@ def apply(model: nn.Module, configs: Any | Iterable[Any]) -> Handle:
     """
     if getattr(model, HANDLE_ATTR, None) is not None:
         raise RuntimeError("vlm-attn methods are already applied to this model: call handle.remove() first")
-    from .methods.guidance import guidance_settings
-
     adapter = get_adapter(model)
     config_list = _as_list(configs)
     check_unique(config_list)  # two configs of one method would stack their edits

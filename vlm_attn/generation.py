@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .methods.anchor import AnchorMap, capture_anchor_map, resolve_layer
-from .methods.crops import Box, Region, to_rgb
+from .passes.anchor import AnchorMap, capture_anchor_map, resolve_layer
+from .methods.crops import Box, Region
 from .methods.funnel import (
     FunnelConfig,
     Portfolio,
@@ -155,16 +155,7 @@ class GenerationResult:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def load_rgb(image: ImageLike) -> Image.Image:
-    """An RGB image from a path or a PIL image; grey, palette and RGBA are converted (alpha over white)."""
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    path = os.fspath(image)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
-    with Image.open(path) as im:
-        im.load()
-        return to_rgb(im)
+load_rgb = load_image  # the one image loader (prompting.load_image), under the name this module's callers use
 
 
 def _inputs(model: nn.Module, processor: Any, images: Sequence[Image.Image], text: str) -> Any:
@@ -341,7 +332,7 @@ def generate(
             method = "vicrop"
         else:
             decision, method = None, "none"
-            sent = [load_rgb(p) if isinstance(p, Image.Image) else load_image(p) for p in pictures]
+            sent = [load_image(p) for p in pictures]
             names = [f"image{i}" for i in range(len(sent))]
             text_prompt = build_answer_prompt(prompt, vqa)
         batch = _answer_inputs(model, processor, adapter, sent, text_prompt)

@@ -34,7 +34,7 @@ from torch import nn
 
 from .engine.method import CallState
 from .methods.crops import Region, with_vqa_suffix
-from .methods.inspect_capture import capture_rows
+from .passes.inspect_capture import capture_rows
 from .patches.base import ImageGrid, get_adapter
 from .prompting import build_inputs
 
@@ -265,11 +265,11 @@ def inspect_attention(
     region = adapter.seen_region(processor, rgb.size, inputs)
     handle = existing if existing is not None else apply(model, config_list)
     try:
-        engine = handle.engine
-        before, _ = capture_rows(model, engine, inputs, chosen, steered=False)
-        after, call = capture_rows(model, engine, inputs, chosen, steered=True)
-        sinks = {layer: _sinks_on_grid(engine.methods, call, layer, grid) for layer in chosen}
-        names = tuple(getattr(m, "name", type(m).__name__) for m in engine.methods)
+        before, _ = capture_rows(model, adapter, inputs, chosen, steered=False)
+        after, call = capture_rows(model, adapter, inputs, chosen, steered=True)
+        methods = handle.engine.methods
+        sinks = {layer: _sinks_on_grid(methods, call, layer, grid) for layer in chosen}
+        names = tuple(getattr(m, "name", type(m).__name__) for m in methods)
     finally:
         if existing is None:
             handle.remove()

@@ -6,35 +6,24 @@ import json
 import logging
 import os
 import socket
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import UserError
-from .tiny import TINY_PREFIX, load_tiny
+from .patches.processors import load_processor, missing_package_message, one_line
+from .resources import DEMO_FILE, sample_image_path, toy_model_path
+from .testing.tiny import TINY_PREFIX, load_tiny
 
 logger = logging.getLogger(__name__)
 
-DEMO_FILE = "vlm_attn_demo.json"
-
+__all__ = [
+    "DEMO_FILE", "TOY_MODEL", "demo_settings", "load_model", "load_processor", "missing_package_message",
+    "sample_image_path", "toy_model_path",
+]
 
 TOY_MODEL = "toy-vlm"
-
-
-def toy_model_path() -> Path:
-    """The small LLaVA-architecture model trained on the toy COCO set that ships inside the package.
-
-    It really looks at the image and really hallucinates the objects its training set paired (fork/knife,
-    car/traffic light, dog/frisbee, apple/banana); `scripts/train_toy_vlm.py` rebuilds it.
-    """
-    return Path(str(resources.files("vlm_attn") / "assets" / "toy_vlm"))
-
-
-def sample_image_path() -> Path:
-    """The bundled sample picture (a synthetic street scene: car, tree, traffic light), for no-download demos."""
-    return Path(str(resources.files("vlm_attn") / "assets" / "sample.png"))
 
 
 def _dtype(name: str | None) -> Any:
@@ -48,52 +37,6 @@ def _dtype(name: str | None) -> Any:
 
 
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def missing_package_message(name: str, exc: Exception) -> str:
-    """One line for a processor that cannot load because a package is missing (torchvision: how to install it)."""
-    from .patches._image_only import torchvision_hint
-
-    if "torchvision" in str(exc).lower():
-        return (f"the processor of {name!r} owns a video processor, which needs torchvision, and torchvision is not "
-                f"installed: {torchvision_hint()}")
-    return f"the processor of {name!r} needs a package that is not installed: {_one_line(exc)}"
-
-
-def load_processor(name: str, config: Any = None, **hub_kwargs: Any) -> Any:
-    """The processor of a hub id or local directory: `AutoProcessor`, or, where it fails only for want of
-    torchvision (SmolVLM: or num2words), the family's image-only processor, with a warning that the video
-    processor is skipped (images and text work as with the full processor; SPEC §1).
-
-    `config` is the model config (read from `name` when not given): it names the family and the image token id.
-    A missing package with no image-only processor for the family is an `ImportError` that says what to install.
-    """
-    from transformers import AutoConfig, AutoProcessor
-
-    from .patches import _load_all  # noqa: F401
-    from .patches._image_only import ImageOnlyProcessorFamily
-    from .patches.base import _FAMILIES
-
-    try:
-        return AutoProcessor.from_pretrained(name, **hub_kwargs)
-    except (ImportError, ValueError) as exc:
-        # transformers reports a missing torchvision as ImportError (video processor class) or ValueError (auto class)
-        if isinstance(exc, ValueError) and "torchvision" not in str(exc).lower():
-            raise
-        config = config if config is not None else AutoConfig.from_pretrained(name, **hub_kwargs)
-        family = _FAMILIES.get(getattr(config, "model_type", None))
-        if not (isinstance(family, type) and issubclass(family, ImageOnlyProcessorFamily) and family.can_skip(exc)):
-            raise ImportError(missing_package_message(name, exc)) from exc
-        missing = [p for p in family.optional_packages if p in str(exc).lower()]
-        logger.warning(
-            "%s not installed: the processor of %s is loaded without its video processor (images and text work; "
-            "videos need the full processor: pip install %s)", " / ".join(missing), name, " ".join(missing),
-        )
-        return family.load_image_only_processor(name, config, **hub_kwargs)
 
 
 def _is_local(name: str) -> bool:
@@ -181,10 +124,10 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None, *
             processor = load_processor(name, config, **hub)
             model = AutoModelForImageTextToText.from_pretrained(name, dtype=model_dtype, **kwargs)
         except ImportError as exc:
-            raise UserError(f"could not load {name!r}: {_one_line(exc)}") from exc
+            raise UserError(f"could not load {name!r}: {one_line(exc)}") from exc
         except (OSError, ValueError) as exc:
             raise UserError(
-                f"could not load {name!r}: {_one_line(exc)} Pass a hub id you can reach or a local directory saved "
+                f"could not load {name!r}: {one_line(exc)} Pass a hub id you can reach or a local directory saved "
                 "with save_pretrained; without network, try the built-in demo model: --model tiny-llava."
             ) from exc
     if device:

@@ -9,13 +9,14 @@ from PIL import Image, UnidentifiedImageError
 
 
 def load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
-    """An RGB PIL image from a path or an image (greyscale, palette and RGBA are converted; transparent pixels are
-    composited over white, as the image processors and the input-level methods' crops do, so that every entry
-    point sends the model the same pixels)."""
+    """An RGB PIL image (a new one: the caller's image is never touched) from a path or an image: greyscale,
+    palette and RGBA are converted, transparent pixels composited over white, as the image processors and the
+    input-level methods' crops do, so that every entry point sends the model the same pixels. The one image
+    loader of the package (`vlm_attn.generation.load_rgb` is this function)."""
     from .methods.crops import to_rgb
 
     if isinstance(image, Image.Image):
-        return to_rgb(image) if image.mode != "RGB" else image
+        return to_rgb(image)
     path = os.fspath(image)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vlm_attn.cli import main
-from vlm_attn.tiny import tiny_path
+from vlm_attn.testing.tiny import tiny_path
 
 FAST = ["--max-new-tokens", "8", "--no-progress"]
 

@@ -14,7 +14,7 @@ import pytest
 
 from vlm_attn.eval import pope
 from vlm_attn.eval.runner import RunDir, read_records, settings_diff
-from vlm_attn.tiny import tiny_path
+from vlm_attn.testing.tiny import tiny_path
 
 from .test_inputs import refusal
 

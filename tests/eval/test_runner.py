@@ -21,7 +21,7 @@ from vlm_attn.eval.runner import (
 )
 from vlm_attn.eval.coco import coco_val2014
 from vlm_attn.eval.tasks import RunOptions, chair_samples, pope_samples, run_pope
-from vlm_attn.tiny import load_tiny
+from vlm_attn.testing.tiny import load_tiny
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from .common import add_model_args, write
 
 def cmd_calibrate_heads(args: argparse.Namespace) -> int:
     from ..loading import load_model
-    from ..methods.head_calibration import calibrate_heads
+    from ..passes.head_calibration import calibrate_heads
 
     check_model_args(args)
     check_positive("--n", args.n)

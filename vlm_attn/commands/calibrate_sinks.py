@@ -12,7 +12,7 @@ from .common import add_model_args, write
 
 def cmd_calibrate_sinks(args: argparse.Namespace) -> int:
     from ..loading import load_model, sample_image_path
-    from ..methods.sink_calibration import calibrate_sinks
+    from ..passes.sink_calibration import calibrate_sinks
 
     check_model_args(args)
     check_images(args.image)

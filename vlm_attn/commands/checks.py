@@ -63,7 +63,7 @@ def check_model_name(name: str) -> None:
     """
     from ..loading import TOY_MODEL
     from ..patches.base import KNOWN_UNSUPPORTED, supported_families
-    from ..tiny import TINY_PREFIX, tiny_families
+    from ..testing.tiny import TINY_PREFIX, tiny_families
 
     if name == TOY_MODEL:
         return

@@ -1,1 +1,8 @@
-"""vlm_attn.engine"""
+"""vlm_attn.engine: the attention implementation, hooks and per-call state that run attention methods.
+
+Public for passes (code that runs its own forwards): `engine_of`, `unsteered`, `capturing`.
+"""
+
+from .api import capturing, engine_of, unsteered
+
+__all__ = ["capturing", "engine_of", "unsteered"]

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from ..patches.base import FamilyAdapter
 from . import attention
 from .method import AttentionMethod, CallState
 
+if TYPE_CHECKING:  # typing only: the engine imports no family
+    from ..patches.base import FamilyAdapter
+
 logger = logging.getLogger(__name__)
+
+MODEL_ATTR = "_vlm_attn_engine"  # the installed engine, on the model (read it with `engine_of`)
 
 
 def _cache_length(kwargs: dict[str, Any]) -> int:
@@ -35,7 +39,7 @@ def _cache_length(kwargs: dict[str, Any]) -> int:
 class Engine:
     """Hooks and state for one patched model."""
 
-    def __init__(self, model: nn.Module, adapter: FamilyAdapter, methods: Sequence[AttentionMethod]):
+    def __init__(self, model: nn.Module, adapter: "FamilyAdapter", methods: Sequence[AttentionMethod]):
         self.model = model
         self.adapter = adapter
         self.methods = list(methods)
@@ -85,6 +89,7 @@ class Engine:
             self._hooks += [layer.register_forward_pre_hook(self._layer_hook(idx, observers), with_kwargs=True)
                             for idx, layer in enumerate(self.layers)]
         self.adapter.set_text_attn_implementation(attention.EAGER_NAME if previous == "eager" else attention.SDPA_NAME)
+        setattr(self.model, MODEL_ATTR, self)
 
     def remove(self) -> None:
         for method in self.methods:
@@ -99,6 +104,8 @@ class Engine:
         if self._previous_impl is not None:
             self.adapter.set_text_attn_implementation(self._previous_impl)
             self._previous_impl = None
+        if getattr(self.model, MODEL_ATTR, None) is self:
+            delattr(self.model, MODEL_ATTR)
         self.call = None
 
     # ---------------------------------------------------------------- hooks

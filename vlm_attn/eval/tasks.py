@@ -208,7 +208,7 @@ def guidance_record(configs: Sequence[Any]) -> dict[str, float] | None:
     Computed by the same function the one generation path (``vlm_attn.steered_generate``) builds its guidance
     processor from, so the record is what ran.
     """
-    from ..methods.guidance import guidance_settings
+    from ..api import guidance_settings
 
     settings = guidance_settings(configs)
     return None if settings is None else {"gamma": settings[0], "cutoff": settings[1]}

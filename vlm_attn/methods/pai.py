@@ -2,7 +2,7 @@
 
 This module holds the method's configuration, its pure tensor math and the few lines that plug the
 amplification into the engine (`PAIMethod`); it knows no model family. The guidance pass lives in
-:mod:`vlm_attn.methods.guidance`. SPEC section 3:
+:mod:`vlm_attn.passes.guidance`. SPEC section 3:
 
 * Amplification, before softmax, in layers 2..L-1, all heads, the current last query row:
   ``z[q, j] <- z[q, j] + alpha * |z[q, j]|`` for every image key ``j``.

@@ -9,17 +9,15 @@ tokenizer has them, the processor config's settings, else the class defaults; re
 `image_token`), and are checked against the model config's `image_token_id`.
 
 Used for the tiny test models and, through `vlm_attn.loading.load_processor`, for any hub id or local directory of
-these families when torchvision is missing (a warning says the video processor is skipped). Tiny models are saved
-in the checkpoint layout (tokenizer, image processor, `processor_config.json`, `chat_template.jinja`), so one loader
-serves both.
+these families when torchvision is missing (a warning says the video processor is skipped). The tiny models of
+`vlm_attn.testing` are saved in the checkpoint layout (tokenizer, image processor, `processor_config.json`,
+`chat_template.jinja`), so one loader serves both.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from .base import FamilyAdapter
@@ -148,18 +146,3 @@ class ImageOnlyProcessorFamily(FamilyAdapter):
         )
         match_image_token(processor, config)
         return processor
-
-    @classmethod
-    def save_tiny_processor(cls, processor: Any, path: Any) -> None:
-        """The processor's parts in the checkpoint layout (what `save_pretrained` would write, less the video part)."""
-        processor.tokenizer.save_pretrained(path)
-        processor.image_processor.save_pretrained(path)
-        Path(path, "chat_template.jinja").write_text(processor.chat_template)
-        settings = {"processor_class": cls.processor_class_name, **cls.processor_settings(processor)}
-        Path(path, "processor_config.json").write_text(json.dumps(settings, indent=2))
-
-    @classmethod
-    def load_tiny_processor(cls, path: str) -> Any:
-        from ..loading import load_processor
-
-        return load_processor(path)

@@ -1,8 +1,8 @@
 """What a model family must tell the engine, and the registry that finds a family from a model.
 
 A family adapter answers: which token ids are image tokens, where the language model's decoder layers and their
-attention modules are, how to switch only the language model's attention implementation, and how to build a
-tiny random model of the family for tests and demos. Everything a new family needs is one new file in this folder.
+attention modules are, how to switch only the language model's attention implementation. Everything a new family
+needs is one new file in this folder (and, for tests and demos, a tiny recipe in `vlm_attn/testing/families/`).
 """
 
 from __future__ import annotations
@@ -177,17 +177,6 @@ def text_signature(text_config: Any) -> tuple[Any, ...]:
         getattr(text_config, "intermediate_size", None),
         getattr(text_config, "vocab_size", None),
     )
-
-
-@dataclass
-class TinySpec:
-    """How to build a tiny random model of a family: config, processor, and the weight scale to redraw with."""
-
-    config: Any
-    processor: Any
-    model_class: type
-    lm_std: float = 0.15
-    other_std: float = 0.1
 
 
 class FamilyAdapter:
@@ -388,20 +377,3 @@ class FamilyAdapter:
         if run.numel() < num_scores:
             raise ValueError(f"an image has {run.numel()} LM image tokens but its vision scores cover {num_scores}")
         return run[:num_scores]
-
-    # ------------------------------------------------------------ tiny test models
-    @classmethod
-    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
-        """A tiny random model of this family (config + real processor) built offline."""
-        raise UnsupportedModelError(f"no tiny model recipe for {cls.model_types}")
-
-    @classmethod
-    def save_tiny_processor(cls, processor: Any, path: Any) -> None:
-        processor.save_pretrained(path)
-
-    @classmethod
-    def load_tiny_processor(cls, path: str) -> Any:
-        """Load the processor saved beside a tiny model (families whose processor needs torchvision override)."""
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(path)

@@ -8,7 +8,7 @@ over each image's soft tokens in every layer's mask (sliding and full); our atte
 may look at text after the image, so rows up to the last image token are untouched exactly as in a causal model.
 
 A fresh config zero-initialises `mm_input_projection_weight` (images would vanish); the tiny model's weight redraw
-covers it (`vlm_attn.tiny._redraw`).
+covers it (`vlm_attn.testing.tiny._redraw`).
 """
 
 from __future__ import annotations
@@ -17,21 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from .base import FamilyAdapter, ImageGrid, TinySpec, UnsupportedModelError, register_family
-from .llava_onevision import tiny_siglip_config
-
-GEMMA_CHAT_TEMPLATE = (
-    "<bos>{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<end_of_turn>\n"
-    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>assistant\n{% endif %}"
-)
-GEMMA3_SPECIAL = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
-                  "<end_of_image>", "<image_soft_token>"]
-# Tiny geometry: 64-pixel images of 8-pixel patches (8 x 8), average-pooled to 4 x 4 = 16 soft tokens.
-IMAGE_SIZE, PATCH, TOKENS_PER_IMAGE = 64, 8, 16
-
+from .base import FamilyAdapter, ImageGrid, UnsupportedModelError, register_family
 
 @register_family
 class Gemma3Adapter(FamilyAdapter):
@@ -103,52 +89,3 @@ class Gemma3Adapter(FamilyAdapter):
             depth = start.long().cumsum(1) - end.long().cumsum(1)
             mask = mask | (depth > 0) | end
         return mask
-
-    @classmethod
-    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
-        from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
-        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
-
-        tok = tokenizer_factory(
-            GEMMA3_SPECIAL,
-            {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
-            bos_token="<bos>",
-            eos_token="<end_of_turn>",
-            pad_token="<pad>",
-        )
-        image_processor = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-        processor = Gemma3Processor(
-            image_processor=image_processor, tokenizer=tok, chat_template=GEMMA_CHAT_TEMPLATE,
-            image_seq_length=TOKENS_PER_IMAGE,
-        )
-        ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA3_SPECIAL}
-        text = dict(
-            model_type="gemma3_text",
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            query_pre_attn_scalar=16,
-            vocab_size=len(tok),
-            max_position_embeddings=1024,
-            # Sliding layers see a window shorter than the prompt, so the tests cover both mask kinds.
-            sliding_window=16,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        config = Gemma3Config(
-            text_config=text,
-            vision_config=tiny_siglip_config(IMAGE_SIZE, PATCH),
-            mm_tokens_per_image=TOKENS_PER_IMAGE,
-            boi_token_index=ids["<start_of_image>"],
-            eoi_token_index=ids["<end_of_image>"],
-            image_token_index=ids["<image_soft_token>"],
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        return TinySpec(config=config, processor=processor, model_class=Gemma3ForConditionalGeneration)

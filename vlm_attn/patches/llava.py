@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import FamilyAdapter, ImageGrid, SinkDimsEntry, TinySpec, register_family
-
-LLAVA_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'].upper() }}: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% endif %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+from .base import FamilyAdapter, ImageGrid, SinkDimsEntry, register_family
 
 # SPEC §2.1: LLaMA-2-7B / Vicuna-7B {1415, 2533}; LLaMA-2-13B / Vicuna-13B {2100, 4743}. LLaVA-1.5 and
 # LLaVA-NeXT-vicuna keep their base model's shape; the llava-hf conversions pad the vocabulary to 32064.
@@ -40,16 +33,6 @@ def llava_image_positions(config: Any, run: Any, num_scores: int) -> Any:
     return run[offset : offset + num_scores]
 
 
-def llava_tokenizer(factory: Callable[..., Any]) -> Any:
-    return factory(
-        ["<pad>", "<s>", "</s>", "<image>"],
-        {"image_token": "<image>"},
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
-
-
 def llava_base_grid(config: Any, image_index: int, tokens_per_image: int | None = None) -> ImageGrid:
     """The CLIP patch grid of one image: side = image_size // patch_size; a CLS token leads it with "full".
 
@@ -61,31 +44,6 @@ def llava_base_grid(config: Any, image_index: int, tokens_per_image: int | None 
     cls = 1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else 0
     per_image = side * side + cls if tokens_per_image is None else tokens_per_image
     return ImageGrid(start=image_index * per_image + cls, shape=(side, side))
-
-
-def tiny_text_config(vocab_size: int, **extra: Any) -> dict[str, Any]:
-    return dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=1024,
-        **extra,
-    )
-
-
-def tiny_clip_config() -> dict[str, Any]:
-    return dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=48,
-        patch_size=8,
-        projection_dim=32,
-    )
 
 
 @register_family
@@ -120,30 +78,3 @@ class LlavaAdapter(FamilyAdapter):
 
         proc = image_processor(processor)
         return clip_style_view(proc, View.of(image_size), pad_first=bool(getattr(proc, "do_pad", False))).region
-
-    @classmethod
-    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
-        from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-        from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-
-        tok = llava_tokenizer(tokenizer_factory)
-        image_processor = LlavaImageProcessorPil(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
-        processor = LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=tok,
-            patch_size=8,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=LLAVA_CHAT_TEMPLATE,
-        )
-        config = LlavaConfig(
-            vision_config={"model_type": "clip_vision_model", **tiny_clip_config()},
-            text_config={"model_type": "llama", **tiny_text_config(len(tok))},
-            image_token_id=tok.convert_tokens_to_ids("<image>"),
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        return TinySpec(config=config, processor=processor, model_class=LlavaForConditionalGeneration)

@@ -10,33 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ._image_only import ImageOnlyProcessorFamily
-from .base import ImageGrid, TinySpec, register_family
-from .llava import tiny_text_config
-
-TINY_PINPOINTS = [[48, 48], [48, 96], [96, 48], [96, 96]]
-ONEVISION_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-ONEVISION_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-
-
-def tiny_siglip_config(image_size: int = 48, patch_size: int = 8) -> dict[str, Any]:
-    """A two-layer SigLIP vision tower (no pooling head, as the VLMs use it)."""
-    return dict(
-        model_type="siglip_vision_model",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-        vision_use_head=False,
-    )
-
+from .base import ImageGrid, register_family
 
 @register_family
 class LlavaOnevisionAdapter(ImageOnlyProcessorFamily):
@@ -141,39 +115,3 @@ class LlavaOnevisionAdapter(ImageOnlyProcessorFamily):
             "vision_feature_select_strategy": processor.vision_feature_select_strategy,
             "vision_aspect_ratio": processor.vision_aspect_ratio,
         }
-
-    @classmethod
-    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
-        from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-            LlavaOnevisionImageProcessorPil,
-        )
-
-        tok = tokenizer_factory(
-            ONEVISION_SPECIAL,
-            {"image_token": "<image>", "video_token": "<video>"},
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
-        )
-        image_processor = LlavaOnevisionImageProcessorPil(
-            size={"height": 48, "width": 48}, image_grid_pinpoints=TINY_PINPOINTS
-        )
-        settings = {
-            "num_image_tokens": 36,  # (48 / 8) ** 2 patches of the base image, no CLS (SigLIP)
-            "vision_feature_select_strategy": "full",
-            "vision_aspect_ratio": "anyres_max_9",
-        }
-        processor = cls.assemble(image_processor, tok, ONEVISION_CHAT_TEMPLATE, settings)
-        config = LlavaOnevisionConfig(
-            vision_config=tiny_siglip_config(),
-            text_config={"model_type": "qwen2", **tiny_text_config(len(tok))},
-            image_token_index=tok.convert_tokens_to_ids("<image>"),
-            video_token_index=tok.convert_tokens_to_ids("<video>"),
-            image_grid_pinpoints=TINY_PINPOINTS,
-            vision_feature_select_strategy="full",
-            vision_feature_layer=-1,
-            vision_aspect_ratio="anyres_max_9",
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        return TinySpec(config=config, processor=processor, model_class=LlavaOnevisionForConditionalGeneration)

@@ -18,16 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .base import FamilyAdapter, ImageGrid, TinySpec, VisionScores, concat_scores_per_run, register_family
-from .llava_onevision import tiny_siglip_config
-
-PALIGEMMA_CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}{% endfor %}"
-)
-IMAGE_SIZE, PATCH = 48, 8
-
+from .base import FamilyAdapter, ImageGrid, VisionScores, concat_scores_per_run, register_family
 
 @register_family
 class PaliGemmaAdapter(FamilyAdapter):
@@ -78,47 +69,3 @@ class PaliGemmaAdapter(FamilyAdapter):
     def text_position_ids(self, attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
         """PaliGemma's positions are 1-indexed (the model and its `generate` add 1)."""
         return super().text_position_ids(attention_mask, new_tokens) + 1
-
-    @classmethod
-    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
-        from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
-        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
-        tok = tokenizer_factory(
-            ["<pad>", "<eos>", "<bos>", "<image>"],
-            {"image_token": "<image>"},
-            bos_token="<bos>",
-            eos_token="<eos>",
-            pad_token="<pad>",
-        )
-        image_processor = SiglipImageProcessorPil(
-            size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_seq_length=(IMAGE_SIZE // PATCH) ** 2
-        )
-        processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok,
-                                       chat_template=PALIGEMMA_CHAT_TEMPLATE)
-        text = dict(
-            model_type="gemma",
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            vocab_size=len(tok),  # after the processor added the loc/seg tokens
-            max_position_embeddings=1024,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        config = PaliGemmaConfig(
-            vision_config=tiny_siglip_config(IMAGE_SIZE, PATCH),
-            text_config=text,
-            image_token_index=tok.convert_tokens_to_ids("<image>"),
-            vocab_size=len(tok),
-            projection_dim=text["hidden_size"],
-            hidden_size=text["hidden_size"],
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        return TinySpec(config=config, processor=processor, model_class=PaliGemmaForConditionalGeneration)

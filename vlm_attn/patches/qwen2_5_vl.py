@@ -27,9 +27,3 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
             grid_thw, spatial_merge_size=vc.spatial_merge_size, window_size=vc.window_size, patch_size=vc.patch_size
         )
         return torch.argsort(window_index)
-
-    @classmethod
-    def tiny_vision(cls, out_hidden: int) -> dict[str, Any]:
-        return dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=out_hidden,
-                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                    fullatt_block_indexes=[1])

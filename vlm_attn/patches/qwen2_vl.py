@@ -13,45 +13,7 @@ from typing import Any, Callable
 import torch
 
 from ._image_only import ImageOnlyProcessorFamily
-from .base import ImageGrid, SinkDimsEntry, TinySpec, register_family
-
-QWEN_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]
-
-
-def qwen_tokenizer(factory: Callable[..., Any]) -> Any:
-    return factory(
-        QWEN_SPECIAL,
-        {
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_bos_token": "<|vision_start|>",
-            "vision_eos_token": "<|vision_end|>",
-        },
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
-
-
-def tiny_qwen_text(vocab_size: int) -> dict[str, Any]:
-    return dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=1024,
-        rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-    )
-
+from .base import ImageGrid, SinkDimsEntry, register_family
 
 @register_family
 class Qwen2VLAdapter(ImageOnlyProcessorFamily):
@@ -162,35 +124,3 @@ class Qwen2VLAdapter(ImageOnlyProcessorFamily):
         if types is not None and types.shape == input_ids.shape:
             return types.to(input_ids.device) > 0
         return super().image_mask(input_ids, kwargs)
-
-    @classmethod
-    def tiny_vision(cls, out_hidden: int) -> dict[str, Any]:
-        return dict(depth=2, embed_dim=32, hidden_size=out_hidden, num_heads=4, mlp_ratio=2,
-                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-
-    @classmethod
-    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
-        import transformers
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        tok = qwen_tokenizer(tokenizer_factory)
-        image_processor = Qwen2VLImageProcessorPil(
-            min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2
-        )
-        processor = cls.assemble(image_processor, tok, QWEN_CHAT_TEMPLATE, {})
-        ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
-        text = tiny_qwen_text(len(tok)) | {"bos_token_id": None, "eos_token_id": tok.eos_token_id,
-                                           "pad_token_id": tok.pad_token_id}
-        config = getattr(transformers, cls.config_class_name)(
-            text_config=text,
-            vision_config=cls.tiny_vision(text["hidden_size"]),
-            image_token_id=ids["<|image_pad|>"],
-            video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"],
-            vision_end_token_id=ids["<|vision_end|>"],
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            bos_token_id=None,
-        )
-        return TinySpec(config=config, processor=processor,
-                        model_class=getattr(transformers, cls.model_class_name))

@@ -11,17 +11,12 @@ turns, so a small stand-in carries those two numbers. (SmolVLM v1 checkpoints, e
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from ._image_only import ImageOnlyProcessorFamily
-from .base import TinySpec, register_family
+from .base import register_family
 from .idefics3 import (
-    IDEFICS_CHAT_TEMPLATE,
-    IMAGE_SEQ_LEN,
-    TILE,
     Idefics3Adapter,
-    idefics_tokenizer,
-    tiny_idefics_config,
 )
 
 
@@ -70,16 +65,3 @@ class SmolVLMAdapter(ImageOnlyProcessorFamily, Idefics3Adapter):
         proc.image_token_id = tokenizer.convert_tokens_to_ids(proc.image_token)
         proc.image_seq_len = settings.get("image_seq_len", 169)
         return proc
-
-    @classmethod
-    def tiny_spec(cls, tokenizer_factory: Callable[..., Any]) -> TinySpec:
-        from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
-        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
-
-        tok = idefics_tokenizer(tokenizer_factory, video=True)
-        image_processor = SmolVLMImageProcessorPil(
-            size={"longest_edge": 2 * TILE}, max_image_size={"longest_edge": TILE}, do_image_splitting=True
-        )
-        processor = cls.assemble(image_processor, tok, IDEFICS_CHAT_TEMPLATE, {"image_seq_len": IMAGE_SEQ_LEN})
-        config = tiny_idefics_config(SmolVLMConfig, "smolvlm_vision", tok)
-        return TinySpec(config=config, processor=processor, model_class=SmolVLMForConditionalGeneration)

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.engine import Engine
+from ..engine import capturing
 from ..engine.method import AttentionMethod, CallState, LayerView, RowSet
 from ..patches.base import FamilyAdapter, ImageGrid, get_adapter
-from .funnel import normalize_map
+from ..methods.funnel import normalize_map
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,6 @@ def capture_anchor_map(
 
     Raises `ValueError` when the prompt holds no image tokens or the grid does not fit them.
     """
-    from ..api import HANDLE_ATTR
-
     adapter = get_adapter(model)
     layer = resolve_layer(adapter, layer)
     ids = inputs["input_ids"]
@@ -127,35 +125,21 @@ def capture_anchor_map(
         raise ValueError(f"the anchoring pass takes one prompt, got a batch of {ids.shape[0]}")
     grid = adapter.image_grid(inputs, image_index)
     capture = AnchorCapture(layer)
-    handle = getattr(model, HANDLE_ATTR, None)
-    engine: Engine
-    if handle is not None:
-        engine = handle.engine
-        capture.bind(model, adapter, engine.num_layers)
-        engine.methods.append(capture)
-    else:
-        engine = Engine(model, adapter, [capture])
-        engine.install()
-    steered = handle is not None and len(engine.methods) > 1
-    stopper = None
-    if stop_early:
 
-        def stop(module: nn.Module, args: tuple, output: Any) -> None:
-            raise _AnchorReached
+    def stop(module: nn.Module, args: tuple, output: Any) -> None:
+        raise _AnchorReached
 
-        stopper = engine.layers[layer].register_forward_hook(stop)
-    try:
-        with torch.no_grad(), contextlib.suppress(_AnchorReached):  # the stop hook ends the forward early
-            model(**inputs, use_cache=False)
-        call = engine.call
-        store = call.store.get(capture.name) if call is not None else None
-    finally:
-        if stopper is not None:
-            stopper.remove()
-        if handle is not None:
-            engine.methods.remove(capture)
-        else:
-            engine.remove()
+    with capturing(model, capture, adapter) as engine:
+        steered = len(engine.methods) > 1
+        stopper = engine.layers[layer].register_forward_hook(stop) if stop_early else None
+        try:
+            with torch.no_grad(), contextlib.suppress(_AnchorReached):  # the stop hook ends the forward early
+                model(**inputs, use_cache=False)
+            call = engine.call
+            store = call.store.get(capture.name) if call is not None else None
+        finally:
+            if stopper is not None:
+                stopper.remove()
     if not store or not store["rows"]:
         raise ValueError("the anchoring prompt holds no image tokens: put the image in the prompt")
     row = store["rows"][0]

@@ -68,11 +68,9 @@ def _redraw(model: torch.nn.Module, language_model: torch.nn.Module, lm_std: flo
 
 def tiny_families() -> list[str]:
     """Family names that have a tiny recipe (use as `tiny-<family>`)."""
-    from .patches import _load_all  # noqa: F401
-    from .patches.base import _FAMILIES, FamilyAdapter
+    from .recipes import recipes
 
-    base = FamilyAdapter.tiny_spec.__func__
-    return [name for name, cls in sorted(_FAMILIES.items()) if cls.tiny_spec.__func__ is not base]
+    return sorted(recipes())
 
 
 def default_cache_dir() -> Path:
@@ -82,13 +80,15 @@ def default_cache_dir() -> Path:
 
 def build_tiny(family: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Build and save a tiny random model (weights + processor) of `family` into `out_dir`."""
-    from .patches import _load_all  # noqa: F401
-    from .patches.base import _FAMILIES, UnsupportedModelError
+    from ..patches import _load_all  # noqa: F401
+    from ..patches.base import _FAMILIES, UnsupportedModelError
 
     if family not in tiny_families():
         raise UnsupportedModelError(f"no tiny model for {family!r}; available: {', '.join(tiny_families())}")
+    from .recipes import recipes, save_processor
+
     adapter_cls = _FAMILIES[family]
-    spec = adapter_cls.tiny_spec(build_tokenizer)
+    spec = recipes()[family](build_tokenizer)
     torch.manual_seed(seed)
     model = spec.model_class(spec.config).eval()
     adapter = adapter_cls(model)
@@ -96,7 +96,7 @@ def build_tiny(family: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    adapter_cls.save_tiny_processor(spec.processor, out)
+    save_processor(adapter_cls, spec.processor, out)
     _write_demo_settings(model, spec.processor, out)
     (out / "VLM_ATTN_TINY").write_text(f"{family} recipe {_RECIPE_VERSION} seed {seed}\n")
     return out
@@ -110,11 +110,11 @@ def _write_demo_settings(model: torch.nn.Module, processor: Any, out: Path) -> N
     """
     from PIL import Image
 
-    from .api import apply
-    from .loading import DEMO_FILE, sample_image_path
-    from .methods.sink_calibration import calibrate_sinks
-    from .methods.var import VARConfig
-    from .prompting import build_inputs
+    from ..api import apply
+    from ..resources import DEMO_FILE, sample_image_path
+    from ..passes.sink_calibration import calibrate_sinks
+    from ..methods.var import VARConfig
+    from ..prompting import build_inputs
 
     image = Image.open(sample_image_path()).convert("RGB")
     batch = build_inputs(processor, [image], ["Please describe this image in detail."])
@@ -149,11 +149,12 @@ def load_tiny(name: str, cache_dir: str | os.PathLike | None = None, seed: int =
     """(model, processor) of a tiny model, loaded through `from_pretrained` like any checkpoint."""
     from transformers import AutoModelForImageTextToText
 
-    from .patches import _load_all  # noqa: F401
-    from .patches.base import _FAMILIES
+    from ..patches import _load_all  # noqa: F401
+    from ..patches.base import _FAMILIES
+    from .recipes import load_processor
 
     path = tiny_path(name, cache_dir, seed)
     family = (path / "VLM_ATTN_TINY").read_text().split()[0]
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
-    processor = _FAMILIES[family].load_tiny_processor(str(path))
+    processor = load_processor(_FAMILIES[family], str(path))
     return model, processor

@@ -1,7 +1,7 @@
 """Observe the last prompt row's attention to the image tokens at several decoder layers (for `inspect`).
 
 :class:`RowCapture` is an observe-only engine method, the multi-layer sibling of
-:class:`vlm_attn.methods.anchor.AnchorCapture`: at each chosen layer it asks the engine for the last query row of
+:class:`vlm_attn.passes.anchor.AnchorCapture`: at each chosen layer it asks the engine for the last query row of
 the prefill, reads that row's post-softmax probabilities (head mean) on the image keys, and changes nothing
 (`edit_probs` returns None, so the attention output stays the fast SDPA one).
 
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.engine import Engine
+from ..engine import capturing
 from ..engine.method import AttentionMethod, CallState, LayerView, RowSet
 from ..patches.base import FamilyAdapter
 
@@ -74,37 +74,34 @@ class RowCapture(AttentionMethod):
 
 
 def capture_rows(
-    model: nn.Module, engine: Engine, inputs: Any, layers: Iterable[int], steered: bool
+    model: nn.Module, adapter: FamilyAdapter, inputs: Any, layers: Iterable[int], steered: bool
 ) -> tuple[dict[int, list[torch.Tensor]], CallState]:
     """One no-cache forward over `inputs` that records the last row at `layers`; returns (rows per layer, call).
 
     Args:
-        model: the model the engine is installed on.
-        engine: an installed engine (e.g. ``handle.engine``); its method list is restored afterwards.
+        model: the model, with methods applied (`vlm_attn.apply`) or not.
+        adapter: the model's family adapter (used when nothing is applied).
         inputs: processor output for the prompt.
         layers: decoder layers to read.
-        steered: True runs the engine's methods with the capture appended last (rows after their edits); False
+        steered: True runs the applied methods with the capture appended last (rows after their edits); False
             runs the capture alone (the unsteered model's rows, bitwise its attention output).
 
     The forward stops after the deepest chosen layer: later layers cannot change the captured rows. The returned
     `CallState` is that forward's (sinks and other per-call data of the methods, for the layers it reached).
     """
     capture = RowCapture(layers)
-    capture.bind(model, engine.adapter, engine.num_layers)
-    saved = engine.methods
-    engine.methods = [*saved, capture] if steered else [capture]
 
     def stop(module: nn.Module, args: tuple, output: Any) -> None:
         raise _LastLayerDone
 
-    stopper = engine.layers[max(capture.layers)].register_forward_hook(stop)
-    try:
-        with torch.no_grad(), contextlib.suppress(_LastLayerDone):  # the stop hook ends the forward early
-            model(**inputs, use_cache=False)
-        call = engine.call
-    finally:
-        stopper.remove()
-        engine.methods = saved
+    with capturing(model, capture, adapter, steered=steered) as engine:
+        stopper = engine.layers[max(capture.layers)].register_forward_hook(stop)
+        try:
+            with torch.no_grad(), contextlib.suppress(_LastLayerDone):  # the stop hook ends the forward early
+                model(**inputs, use_cache=False)
+            call = engine.call
+        finally:
+            stopper.remove()
     if call is None:
         raise RuntimeError("the capture forward did not reach the engine (were input_ids passed?)")
     return dict(call.store.get(capture.name, {})), call

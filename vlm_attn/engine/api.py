@@ -1,0 +1,67 @@
+"""The engine's public verbs for code that runs its own forward passes (calibration, anchor capture, guidance).
+
+Passes use these instead of reaching into an engine: find the engine `vlm_attn.apply` installed on a model, run
+a forward unsteered, or run a forward with one extra observe-only method (a capture) next to, or instead of, the
+applied ones. The engine imports no method, pass or family; the caller hands in the family adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Iterator
+
+from .engine import MODEL_ATTR, Engine
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..patches.base import FamilyAdapter
+    from .method import AttentionMethod
+
+
+def engine_of(model: "nn.Module") -> Engine | None:
+    """The engine installed on `model` (by `vlm_attn.apply` or a running capture), or None when there is none."""
+    engine = getattr(model, MODEL_ATTR, None)
+    return engine if isinstance(engine, Engine) else None
+
+
+@contextlib.contextmanager
+def unsteered(model: "nn.Module") -> Iterator[None]:
+    """Forwards inside run as if nothing were applied: plain attention, and the current call's state untouched.
+
+    PAI's image-free guidance pass runs between two steered decode steps this way (SPEC §3). Without an engine
+    on `model` this does nothing.
+    """
+    engine = engine_of(model)
+    with engine.pause() if engine is not None else contextlib.nullcontext():
+        yield
+
+
+@contextlib.contextmanager
+def capturing(
+    model: "nn.Module", method: "AttentionMethod", adapter: "FamilyAdapter", *, steered: bool = True
+) -> Iterator[Engine]:
+    """Forwards inside also run `method` (an observe-only capture); yields the engine that runs it.
+
+    With methods applied to `model`, `method` runs after them (`steered=True`: it sees their edits) or alone
+    (`steered=False`: the unsteered rows, bitwise the plain attention). With nothing applied, a temporary engine
+    carrying `method` alone is installed with `adapter` and removed on exit. Read `engine.call` (the latest
+    forward's state) and `engine.layers` (decoder layers, e.g. to stop a forward early) from the yielded engine.
+    """
+    engine = engine_of(model)
+    if engine is None:
+        engine = Engine(model, adapter, [method])
+        engine.install()
+        try:
+            yield engine
+        finally:
+            engine.remove()
+        return
+    method.bind(model, engine.adapter, engine.num_layers)
+    saved = engine.methods
+    engine.methods = [*saved, method] if steered else [method]
+    try:
+        yield engine
+    finally:
+        engine.methods = saved
+        method.unbind()

@@ -61,6 +61,8 @@ def interleaved_rounds(model, inputs: dict, configs: dict, new_tokens: int, repe
             if round_ > 0:
                 out[name]["steps"] += clock.step_s
                 out[name]["totals"].append(clock.total_s)
+                sys.stderr.write(f"batch {inputs['input_ids'].shape[0]} round {round_} {name}: median step "
+                                 f"{1000 * summarize(clock.step_s).median:.1f} ms, call {clock.total_s:.2f} s\n")
     return out
 
 
@@ -72,12 +74,15 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds per batch size (after one warm-up)")
     ap.add_argument("--methods", default="var")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args(argv)
     if args.new_tokens < 2:
         raise SystemExit(f"--new-tokens {args.new_tokens} gives no decode step: use --new-tokens 2 or more")
     methods = [m for m in args.methods.split(",") if m]
     configs = {m: method_configs(m) for m in methods}  # unknown names fail here, before the model is built
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = build_model().to(device=args.device, dtype=dtype)
     base = make_inputs(args.device)
     base["pixel_values"] = base["pixel_values"].to(dtype)

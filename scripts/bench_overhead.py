@@ -393,6 +393,8 @@ def interleaved_decode(variants: list[str], device: str, dtype: str, repeats: in
                 out[variant]["prefill"].append(clock.prefill_s)
                 out[variant]["steps"] += clock.step_s
                 out[variant]["round_medians"].append(summarize(clock.step_s).median)
+                sys.stderr.write(f"round {round_} {variant}: prefill {clock.prefill_s:.3f} s, median step "
+                                 f"{1000 * out[variant]['round_medians'][-1]:.1f} ms\n")
     return out
 
 
@@ -478,6 +480,8 @@ def main(argv=None) -> int:
     if args.anchor and args.variants == "sdpa,eager,peer,var":
         args.variants = "prefill,anchor,anchor_full,peer_attn"
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.family == "smolvlm":
         return _tiled_main(args, dtype)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"

@@ -1,8 +1,8 @@
 """Speed and memory of vlm-attn against the unpatched model, in one run (issue 2's benchmark).
 
 Builds a LLaVA-shaped random model (language model: hidden 1024, 8 layers, 16 heads; 576 image tokens from a
-336px CLIP-shaped tower; a ~600-token prompt) and measures, for each variant, prefill time, decode ms/token over
-32 new tokens and peak memory, each as a ratio to vanilla SDPA:
+336px CLIP-shaped tower; a ~600-token prompt) and measures, for each variant, prefill time, decode time per step
+over 32 new tokens and peak memory, each as a ratio to vanilla SDPA:
 
 - vanilla SDPA              the unpatched model (reference)
 - vanilla eager             attn_implementation="eager"
@@ -13,21 +13,36 @@ Builds a LLaVA-shaped random model (language model: hidden 1024, 8 layers, 16 he
 - pai+guidance, ...         with the image-free guidance pass (a second forward per step: compare with 2x)
   (select with --variants sdpa,pai,paint,pai+guidance,paint+guidance)
 
+How time is measured: every generate call carries a `bench_timing.StepClock` in `stopping_criteria`. generate
+calls stopping criteria once per new token AFTER the forward, all logits processors (the guidance variants' own
+processor included, which `vlm_attn.steered_generate` appends) and token selection, so consecutive stamps bracket
+one whole decode step; prefill = start of the call to the first stamp (vision tower, prompt forward, first token).
+On CUDA each stamp follows a torch.cuda.synchronize(). n new tokens give one prefill and n - 1 decode steps per
+call; a variant's decode figure is the median over all its steps (with IQR, range and step count), its prefill the
+median over its calls, and every ratio is a median over vanilla SDPA's median.
+
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU each variant runs in a fresh subprocess and the
 figure is the growth of peak RSS during generation. On CPU the script restarts itself with glibc malloc told to keep
 freed blocks (see MALLOC_ENV; --no-malloc-tuning to skip), so that the KV cache's per-step torch.cat does not
 page-fault fresh memory, a multi-ms, state-dependent cost that a GPU's caching allocator does not have. Usage:
 
     python scripts/bench_overhead.py [--device cuda] [--dtype bfloat16] [--repeats 3] [--new-tokens 32]
+    python scripts/bench_overhead.py --interleave [--repeats 5] [--variants sdpa,var,pai,paint,pai+guidance]
     python scripts/bench_overhead.py --anchor    # Visual Funnel anchoring pass vs vanilla prefill vs peer style
     python scripts/bench_overhead.py --family smolvlm [--views 3] [--interleave]   # PAINT on a tiled family
 
+--interleave runs every variant in one process on one model, one generate call per variant per round, variants
+alternating within each round (the first round warms up and is dropped), so that drift of a shared machine falls on
+all variants alike; no memory figures. It also prints, per variant, the range over rounds of (its median step in that
+round / vanilla's median step in the same round).
+
 `--family smolvlm` builds a random model of SmolVLM-256M's real shape (Idefics3: SigLIP 768 wide, 12 layers, 12 heads,
 512px views of 1024 patches, pixel shuffle 4 -> 64 tokens a view; Llama text 576 wide, 30 layers) and a prompt with
-`--views` views (tiles + the global view, each its own run of image tokens), and measures PAINT's prefill (one
-`generate` step) and peak memory against vanilla SDPA: each variant in a fresh process, peak = growth of peak RSS
-over its first call (CUDA: max_memory_allocated), time = best of --repeats warm calls. With --interleave the prefill
-times come from one process, variants alternating in each round (best and spread reported).
+`--views` views (tiles + the global view, each its own run of image tokens), and measures PAINT's prefill (a one-token
+`generate`, timed to its step stamp; CPU seconds over the whole call) and peak memory against vanilla SDPA: each
+variant in a fresh process, peak = growth of peak RSS over its first call (CUDA: max_memory_allocated), time = median
+of --repeats warm calls. With --interleave the prefill times come from one process, variants alternating in each
+round (median and range reported).
 """
 
 from __future__ import annotations
@@ -42,6 +57,10 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteriaList
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_timing import StepClock, Summary, cuda_sync, summarize  # noqa: E402
 
 IMAGE_TOKENS = 576
 TEXT_BEFORE, TEXT_AFTER = 5, 19  # ~600-token prompt in all
@@ -76,67 +95,78 @@ def make_inputs(device: str):
             "pixel_values": pixels.to(device)}
 
 
-def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens: int) -> dict:
+VARIANTS = ("sdpa", "eager", "peer", "var", "pai", "paint", "pai+guidance", "paint+guidance")
+NAMES = {"sdpa": "vanilla SDPA", "eager": "vanilla eager", "peer": "peer style (eager + outputs)",
+         "var": "VAR (vlm-attn)", "pai": "PAI, no guidance", "paint": "PAINT, no guidance",
+         "pai+guidance": "PAI + guidance (vs 2x)", "paint+guidance": "PAINT + guidance (vs 2x)"}
+
+
+def attach(model, variant: str):
+    """Put `model` in `variant`'s state; returns (handle or None, extra generate kwargs). Undo with `detach`."""
     import vlm_attn
 
+    if variant in ("eager", "peer"):
+        model.set_attn_implementation("eager")
+    extra = dict(output_attentions=True, output_hidden_states=True, return_dict_in_generate=True) if variant == "peer" else {}
+    guided = variant.endswith("+guidance")
+    method = variant.split("+")[0]
+    config = {"var": lambda: vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3),
+              "pai": lambda: vlm_attn.PAIConfig(alpha=0.2, guidance=guided),
+              "paint": lambda: vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=guided)}.get(method)
+    handle = vlm_attn.apply(model, config()) if config is not None else None
+    return handle, extra
+
+
+def detach(model, variant: str, handle) -> None:
+    """Undo `attach`: remove the methods and go back to SDPA."""
+    if handle is not None:
+        handle.remove()
+    if variant in ("eager", "peer"):
+        model.set_attn_implementation("sdpa")
+
+
+def timed_generate(model, inputs: dict, new_tokens: int, device: str, extra: dict | None = None) -> StepClock:
+    """One greedy generate of exactly `new_tokens` tokens through `vlm_attn.steered_generate` (so that guidance,
+    when applied, runs as in every entry point), with a `StepClock` stamping each step; returns the clock."""
+    import vlm_attn
+
+    clock = StepClock(sync=cuda_sync(device))
+    clock.start()
+    with torch.no_grad():
+        vlm_attn.steered_generate(model, **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  do_sample=False, stopping_criteria=StoppingCriteriaList([clock]), **(extra or {}))
+    return clock
+
+
+def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens: int) -> dict:
+    """Prefill, per-step decode times and peak memory of `repeats` generate calls of one variant (after a warm-up)."""
     model = build_model().to(device=device, dtype=getattr(torch, dtype))
     inputs = make_inputs(device)
     inputs["pixel_values"] = inputs["pixel_values"].to(getattr(torch, dtype))
-    extra: dict = {}
-    handle = None
-    if variant in ("eager", "peer"):
-        model.set_attn_implementation("eager")
-    if variant == "peer":
-        extra = dict(output_attentions=True, output_hidden_states=True, return_dict_in_generate=True)
-    if variant == "var":
-        handle = vlm_attn.apply(model, vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3))
-    guided = variant.endswith("+guidance")
-    method = variant.split("+")[0]
-    if method == "pai":
-        handle = vlm_attn.apply(model, vlm_attn.PAIConfig(alpha=0.2, guidance=guided))
-    if method == "paint":
-        handle = vlm_attn.apply(model, vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=guided))
-
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def timed(n):
-        sync()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            # guidance: a fresh processor (its own image-free cache) per generate call, as handle.generate does
-            per_call = {"logits_processor": handle.logits_processor(inputs)} if guided else {}
-            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra, **per_call)
-        sync()
-        return time.perf_counter() - t0
-
-    timed(2)  # warm-up
+    handle, extra = attach(model, variant)
+    timed_generate(model, inputs, 2, device, extra)  # warm-up
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
     rss_before = _rss_now()
-    prefill, total = [], []
+    prefill, steps = [], []
     for _ in range(repeats):
-        prefill.append(timed(1))
-        total.append(timed(new_tokens))
+        clock = timed_generate(model, inputs, new_tokens, device, extra)
+        prefill.append(clock.prefill_s)
+        steps += clock.step_s
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base_mem
     else:
         peak = max(0, _peak_rss() - rss_before)
-    p, t = min(prefill), min(total)  # the minimum is the least disturbed by other load on the machine
-    out = {"variant": variant, "prefill_s": p, "decode_ms_per_token": 1000 * (t - p) / (new_tokens - 1),
-           "peak_bytes": peak}
+    out = {"variant": variant, "prefill_s": prefill, "decode_step_s": steps, "peak_bytes": peak}
     if handle is not None and variant != "var":
         out["method_report"] = {k: v for k, v in handle.report().get(variant.split("+")[0], {}).items()
                                 if k in ("active", "images", "local_tokens", "summary_tokens")}
-        handle.remove()
-        handle = None
-    if handle is not None:
+    elif handle is not None:
         report = handle.report()["var"]
         out["var_heads_redistributed"] = report["total_heads_redistributed"]
         out["var_visual_sinks"] = sum(report["visual_sinks"].values())
-        handle.remove()
+    detach(model, variant, handle)
     return out
 
 
@@ -185,25 +215,19 @@ def _tiled_setup(device: str, dtype: str, views: int):
 
 
 def _prefill(model, inputs, device: str) -> tuple[float, float]:
-    """Wall and process-CPU seconds of one `generate` step (prefill, vision encoder included).
+    """Wall seconds to the step stamp of a one-token `generate` (prefill, vision encoder included), and the
+    process-CPU seconds of the whole call.
 
     CPU seconds count this process's threads only, so other load on a shared machine moves them far less."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0, c0 = time.perf_counter(), time.process_time()
-    with torch.no_grad():
-        model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, time.process_time() - c0
+    c0 = time.process_time()
+    clock = timed_generate(model, inputs, 1, device)
+    return clock.prefill_s, time.process_time() - c0
 
 
 def run_tiled_variant(variant: str, device: str, dtype: str, repeats: int, views: int) -> dict:
-    """Peak memory of the first prefill and the best of `repeats` warm prefills, for sdpa or paint."""
-    import vlm_attn
-
+    """Peak memory of the first prefill and the times of `repeats` warm prefills, for sdpa or paint."""
     model, inputs = _tiled_setup(device, dtype, views)
-    handle = vlm_attn.apply(model, vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=False)) if variant == "paint" else None
+    handle, _ = attach(model, variant)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -213,29 +237,24 @@ def run_tiled_variant(variant: str, device: str, dtype: str, repeats: int, views
     first = _prefill(model, inputs, device)[0]
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda") else _status_bytes("VmHWM")) - base
     runs = [_prefill(model, inputs, device) for _ in range(repeats)]
-    times, cpu = [w for w, _ in runs], [c for _, c in runs]
-    out = {"variant": variant, "first_s": first, "prefill_s": min(times), "times": times, "cpu_s": min(cpu),
-           "cpu_times": cpu, "peak_bytes": max(0, peak)}
+    out = {"variant": variant, "first_s": first, "times": [w for w, _ in runs], "cpu_times": [c for _, c in runs],
+           "peak_bytes": max(0, peak)}
     if handle is not None:
         out["method_report"] = {k: v for k, v in handle.report()["paint"].items()
                                 if k in ("active", "images", "local_tokens", "summary_tokens")}
-        handle.remove()
+    detach(model, variant, handle)
     return out
 
 
 def interleaved_tiled(device: str, dtype: str, repeats: int, views: int) -> dict[str, list[tuple[float, float]]]:
     """Prefill (wall, CPU) seconds of sdpa and paint in one process, alternating in every round (first one dropped)."""
-    import vlm_attn
-
     model, inputs = _tiled_setup(device, dtype, views)
     times: dict[str, list[tuple[float, float]]] = {"sdpa": [], "paint": []}
     for round_ in range(repeats + 1):
         for variant in times:
-            handle = (vlm_attn.apply(model, vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=False))
-                      if variant == "paint" else None)
+            handle, _ = attach(model, variant)
             t = _prefill(model, inputs, device)
-            if handle is not None:
-                handle.remove()
+            detach(model, variant, handle)
             if round_ > 0:
                 times[variant].append(t)
     return times
@@ -250,13 +269,15 @@ def _tiled_main(args, dtype: str) -> int:
                      f"1024 patches; prompt {tokens} tokens; prefill = one generate step\n")
     if args.interleave:
         times = interleaved_tiled(args.device, dtype, args.repeats, args.views)
-        ref_w, ref_c = (min(t[i] for t in times["sdpa"]) for i in (0, 1))
-        sys.stdout.write(f"interleaved, {args.repeats} rounds\n| variant | best wall s | x | best CPU s | x | "
-                         "all wall s | all CPU s |\n|---|---|---|---|---|---|---|\n")
+        walls = {v: summarize([t[0] for t in ts]) for v, ts in times.items()}
+        cpus = {v: summarize([t[1] for t in ts]) for v, ts in times.items()}
+        sys.stdout.write(f"interleaved, {args.repeats} rounds; medians, ratios of medians\n| variant | wall s | x | "
+                         "CPU s | x | all wall s | all CPU s |\n|---|---|---|---|---|---|---|\n")
         for v, ts in times.items():
-            w, c = min(t[0] for t in ts), min(t[1] for t in ts)
-            sys.stdout.write(f"| {v} | {w:.2f} | {w / ref_w:.3f} | {c:.2f} | {c / ref_c:.3f} | "
-                             f"{', '.join(f'{t[0]:.2f}' for t in ts)} | {', '.join(f'{t[1]:.2f}' for t in ts)} |\n")
+            w, c = walls[v], cpus[v]
+            sys.stdout.write(f"| {v} | {w.median:.2f} | {w.ratio(walls['sdpa']):.3f} | {c.median:.2f} | "
+                             f"{c.ratio(cpus['sdpa']):.3f} | {', '.join(f'{t[0]:.2f}' for t in ts)} | "
+                             f"{', '.join(f'{t[1]:.2f}' for t in ts)} |\n")
         return 0
     results = []
     ctx = mp.get_context("spawn")
@@ -271,12 +292,16 @@ def _tiled_main(args, dtype: str) -> int:
             results.append(run_tiled_variant(variant, args.device, dtype, args.repeats, args.views))
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    wall = {r["variant"]: summarize(r["times"]) for r in results}
+    cpu = {r["variant"]: summarize(r["cpu_times"]) for r in results}
     ref = results[0]
-    sys.stdout.write("| variant | prefill wall s (best) | x | CPU s (best) | x | all wall s | peak MiB | x |\n"
+    sys.stdout.write(f"median of {args.repeats} warm calls per variant; ratios of medians\n"
+                     "| variant | prefill wall s | x | CPU s | x | all wall s | peak MiB | x |\n"
                      "|---|---|---|---|---|---|---|---|\n")
     for r in results:
-        sys.stdout.write(f"| {r['variant']} | {r['prefill_s']:.2f} | {r['prefill_s'] / ref['prefill_s']:.3f} | "
-                         f"{r['cpu_s']:.2f} | {r['cpu_s'] / ref['cpu_s']:.3f} | "
+        w, c = wall[r["variant"]], cpu[r["variant"]]
+        sys.stdout.write(f"| {r['variant']} | {w.median:.2f} | {w.ratio(wall['sdpa']):.3f} | "
+                         f"{c.median:.2f} | {c.ratio(cpu['sdpa']):.3f} | "
                          f"{', '.join(f'{t:.2f}' for t in r['times'])} | {r['peak_bytes'] / 2**20:.0f} | "
                          f"{r['peak_bytes'] / ref['peak_bytes'] if ref['peak_bytes'] else float('nan'):.3f} |\n")
     for r in results:
@@ -347,47 +372,50 @@ def _status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def interleaved_decode(
-    variants: list[str], device: str, dtype: str, repeats: int, new_tokens: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Prefill seconds and decode ms/token per variant in one process, variants alternating within every repeat.
+def interleaved_decode(variants: list[str], device: str, dtype: str, repeats: int, new_tokens: int) -> dict[str, dict]:
+    """Per-call prefill seconds and per-step decode seconds of each variant, in one process on one model.
 
-    On a shared or noisy machine, drift between the start and the end of a run is larger than the overhead being
-    measured; alternating SDPA / method / SDPA / method ... and taking each variant's minimum cancels it out.
-    Attention-only variants (sdpa and the methods without guidance).
+    Every round makes one generate call per variant, variants alternating (SDPA / VAR / PAI / ... / SDPA / VAR ...),
+    so that the drift of a shared or noisy machine, larger than the overhead being measured, falls on all variants
+    alike; the first round warms up and is dropped. Returns, per variant, "prefill" (one per round), "steps" (all
+    decode steps) and "round_medians" (the median step of each round, for paired per-round ratios).
     """
-    import vlm_attn
-
     model = build_model().to(device=device, dtype=getattr(torch, dtype))
     inputs = make_inputs(device)
     inputs["pixel_values"] = inputs["pixel_values"].to(getattr(torch, dtype))
-    configs = {"sdpa": None, "var": vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3),
-               "pai": vlm_attn.PAIConfig(alpha=0.2, guidance=False),
-               "paint": vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=False)}
-
-    def timed(n: int) -> float:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    best: dict[str, float] = {}
-    prefill: dict[str, float] = {}
-    for _ in range(repeats + 1):  # the first round warms up and is dropped
+    out: dict[str, dict] = {v: {"prefill": [], "steps": [], "round_medians": []} for v in variants}
+    for round_ in range(repeats + 1):
         for variant in variants:
-            handle = vlm_attn.apply(model, configs[variant]) if configs[variant] is not None else None
-            first = timed(1)  # prefill and one token
-            per_token = (timed(new_tokens) - first) / (new_tokens - 1)
-            if handle is not None:
-                handle.remove()
-            if _ > 0:
-                best[variant] = min(best.get(variant, float("inf")), per_token)
-                prefill[variant] = min(prefill.get(variant, float("inf")), first)
-    return best, prefill
+            handle, extra = attach(model, variant)
+            clock = timed_generate(model, inputs, new_tokens, device, extra)
+            detach(model, variant, handle)
+            if round_ > 0:
+                out[variant]["prefill"].append(clock.prefill_s)
+                out[variant]["steps"] += clock.step_s
+                out[variant]["round_medians"].append(summarize(clock.step_s).median)
+                sys.stderr.write(f"round {round_} {variant}: prefill {clock.prefill_s:.3f} s, median step "
+                                 f"{1000 * out[variant]['round_medians'][-1]:.1f} ms\n")
+    return out
+
+
+def _timing_table(rows: list[tuple[str, Summary, Summary]], paired: list[list[float]] | None = None) -> str:
+    """Markdown table of (variant, prefill, decode) rows: prefill median (range), decode ms/step median, IQR, range,
+    step count, each median as a ratio to the first row's; `paired`: per-round medians, for per-round ratios."""
+    head = "| variant | prefill s median (range) | x | decode ms/step median | IQR | range | steps | x |"
+    rule = "|---|---|---|---|---|---|---|---|"
+    if paired is not None:
+        head, rule = head + " x per round |", rule + "---|"
+    lines = [head, rule]
+    ref_p, ref_d = rows[0][1], rows[0][2]
+    for i, (v, p, d) in enumerate(rows):
+        line = (f"| {NAMES.get(v, v)} | {p.median:.3f} ({p.low:.3f}-{p.high:.3f}) | {p.ratio(ref_p):.2f} | "
+                f"{1000 * d.median:.1f} | {1000 * d.q1:.1f}-{1000 * d.q3:.1f} | {1000 * d.low:.1f}-{1000 * d.high:.1f} | "
+                f"{d.n} | {d.ratio(ref_d):.2f} |")
+        if paired is not None:
+            ratios = [a / b for a, b in zip(paired[i], paired[0])]
+            line += f" {min(ratios):.2f}-{max(ratios):.2f} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 # The default DynamicCache grows by torch.cat every decode step: with glibc's defaults each new multi-MiB cache tensor
@@ -426,8 +454,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="sdpa,eager,peer,var")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--interleave", action="store_true",
-                    help="prefill and decode timing only, variants alternating in one process (robust on a noisy machine); "
-                         "variants among sdpa,var,pai,paint")
+                    help="prefill and per-step decode timing only, variants alternating in one process on one model "
+                         "(robust on a noisy machine); any of the variants, sdpa always first")
     ap.add_argument("--no-malloc-tuning", action="store_true",
                     help="CPU: leave glibc malloc at its defaults (see MALLOC_ENV)")
     ap.add_argument("--anchor", action="store_true",
@@ -437,6 +465,13 @@ def main(argv=None) -> int:
                     help="smolvlm: PAINT's prefill and peak memory on a tiled family (SmolVLM-256M's shape)")
     ap.add_argument("--views", type=int, default=3, help="--family smolvlm: image views (tiles + global view)")
     args = ap.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    known = ANCHOR_NAMES if args.anchor and args.variants != "sdpa,eager,peer,var" else VARIANTS
+    unknown = [v for v in variants if v not in known] if args.family == "llava" else []
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}: choose --variants among {','.join(known)}")
+    if not args.anchor and args.family == "llava" and args.new_tokens < 2:
+        raise SystemExit(f"--new-tokens {args.new_tokens} gives no decode step: use --new-tokens 2 or more")
     if args.device == "cpu" and not args.no_malloc_tuning and argv is None and not _malloc_tuned():
         # glibc reads these at start-up only: run this script again with them set
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
@@ -445,18 +480,23 @@ def main(argv=None) -> int:
     if args.anchor and args.variants == "sdpa,eager,peer,var":
         args.variants = "prefill,anchor,anchor_full,peer_attn"
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.family == "smolvlm":
         return _tiled_main(args, dtype)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    setting = (f"device: {device_name}; dtype {dtype}; prompt {TEXT_BEFORE + TEXT_AFTER + 1 + IMAGE_TOKENS} tokens; "
+               f"{args.new_tokens} new tokens a call = 1 prefill + {args.new_tokens - 1} decode steps")
     if args.interleave:
-        variants = [v for v in args.variants.split(",") if v]
         if variants[0] != "sdpa":
-            variants.insert(0, "sdpa")
-        best, prefill = interleaved_decode(variants, args.device, dtype, args.repeats, args.new_tokens)
-        sys.stdout.write(f"variants interleaved, best of {args.repeats} rounds ({args.device}, {dtype})\n")
-        sys.stdout.write("| variant | prefill s | x | decode ms/tok | x |\n|---|---|---|---|---|\n")
-        for v, ms in best.items():
-            sys.stdout.write(f"| {v} | {prefill[v]:.3f} | {prefill[v] / prefill['sdpa']:.2f} | {1000 * ms:.1f} | "
-                             f"{ms / best['sdpa']:.2f} |\n")
+            variants = ["sdpa", *[v for v in variants if v != "sdpa"]]
+        times = interleaved_decode(variants, args.device, dtype, args.repeats, args.new_tokens)
+        if args.json:
+            sys.stdout.write(json.dumps(times, indent=2) + "\n")
+        sys.stdout.write(f"{setting}; variants interleaved, {args.repeats} rounds (+1 warm-up dropped); "
+                         "medians, ratios of medians to vanilla SDPA\n")
+        sys.stdout.write(_timing_table([(v, summarize(t["prefill"]), summarize(t["steps"])) for v, t in times.items()],
+                                       [t["round_medians"] for t in times.values()]))
         return 0
     results = []
     ctx = mp.get_context("spawn")
@@ -474,23 +514,19 @@ def main(argv=None) -> int:
             results.append(run_variant(variant, args.device, dtype, args.repeats, args.new_tokens))
     if args.anchor:
         return _print_anchor(results, args, dtype)
-    ref = results[0]
-    names = {"sdpa": "vanilla SDPA", "eager": "vanilla eager", "peer": "peer style (eager + outputs)",
-             "var": "VAR (vlm-attn)", "pai": "PAI, no guidance", "paint": "PAINT, no guidance",
-             "pai+guidance": "PAI + guidance (vs 2x)", "paint+guidance": "PAINT + guidance (vs 2x)"}
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    sys.stdout.write(f"device: {device_name}; dtype {dtype}; prompt {TEXT_BEFORE + TEXT_AFTER + 1 + IMAGE_TOKENS} "
-                     f"tokens; {args.new_tokens} new tokens; best of {args.repeats}\n")
-    sys.stdout.write("| variant | prefill s | x | decode ms/tok | x | peak MiB | x |\n|---|---|---|---|---|---|---|\n")
-    for r in results:
+    ref = results[0]
+    sys.stdout.write(f"{setting}; {args.repeats} calls per variant, each in its own process (+1 warm-up); "
+                     f"medians, ratios of medians to {NAMES.get(ref['variant'], ref['variant'])}\n")
+    table = _timing_table([(r["variant"], summarize(r["prefill_s"]), summarize(r["decode_step_s"])) for r in results])
+    rows = table.splitlines()
+    rows[0] += " peak MiB | x |"
+    rows[1] += "---|---|"
+    for i, r in enumerate(results):
         mem_ratio = r["peak_bytes"] / ref["peak_bytes"] if ref["peak_bytes"] else float("nan")
-        sys.stdout.write(
-            f"| {names.get(r['variant'], r['variant'])} | {r['prefill_s']:.3f} | {r['prefill_s'] / ref['prefill_s']:.2f} "
-            f"| {r['decode_ms_per_token']:.1f} | {r['decode_ms_per_token'] / ref['decode_ms_per_token']:.2f} "
-            f"| {r['peak_bytes'] / 2**20:.0f} | {mem_ratio:.2f} |\n"
-        )
+        rows[i + 2] += f" {r['peak_bytes'] / 2**20:.0f} | {mem_ratio:.2f} |"
+    sys.stdout.write("\n".join(rows) + "\n")
     for r in results:
         if "var_heads_redistributed" in r:
             sys.stdout.write(f"VAR was active: {r['var_visual_sinks']} visual sinks, "

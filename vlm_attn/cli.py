@@ -13,7 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 from .commands import COMMANDS
 
@@ -30,30 +30,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {' '.join(message.split())}; see `{self.prog} --help`\n")
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes each record to the `sys.stderr` of that moment (in-process callers can capture it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property decides
-        pass
-
-
 def _configure_logging(level: int) -> None:
-    """Our records on stderr with their level. Only the vlm_attn logger gets a handler: huggingface_hub and
-    transformers keep their own, so their warnings print once (a root handler printed each of them twice)."""
-    logger = logging.getLogger("vlm_attn")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        logger.addHandler(_StderrHandler())
-    logger.setLevel(level)
-    logger.propagate = False
+    """Our records on stderr with their level. huggingface_hub logs through its own stderr handler and also
+    propagated to the root one, so each of its warnings (the hub retries) printed twice: it keeps its own only."""
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    hub = logging.getLogger("huggingface_hub")
+    if hub.handlers:
+        hub.propagate = False
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -161,7 +161,7 @@ def check_reachable(name: str, revision: str | None = None, cache_dir: Any = Non
 
 
 def check_model_type(model_type: str | None, name: str) -> None:
-    """Refuse a checkpoint whose config.model_type is no supported family, before its processor or weights load:
+    """Refuse a checkpoint whose config.model_type is no supported family, before its weights load:
     `UnsupportedModelError` naming the supported families (a GPT-2 folder would otherwise get transformers' list
     of every image-text-to-text config class)."""
     from .patches.base import KNOWN_UNSUPPORTED, supported_families
@@ -193,8 +193,8 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None, *
         model_dtype = _dtype(dtype)
         try:
             config = AutoConfig.from_pretrained(name, **hub)
-            check_model_type(getattr(config, "model_type", None), name)  # before the processor and the weights
-            processor = load_processor(name, config, **hub)
+            processor = load_processor(name, config, **hub)  # a missing package is named first (torchvision)
+            check_model_type(getattr(config, "model_type", None), name)  # before the weights
             model = AutoModelForImageTextToText.from_pretrained(name, dtype=model_dtype, **kwargs)
         except UnsupportedModelError:
             raise

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .patches.base import UnsupportedModelError
 from .tiny import TINY_PREFIX, load_tiny
 
 logger = logging.getLogger(__name__)
@@ -164,7 +163,7 @@ def check_model_type(model_type: str | None, name: str) -> None:
     """Refuse a checkpoint whose config.model_type is no supported family, before its weights load:
     `UnsupportedModelError` naming the supported families (a GPT-2 folder would otherwise get transformers' list
     of every image-text-to-text config class)."""
-    from .patches.base import KNOWN_UNSUPPORTED, supported_families
+    from .patches.base import KNOWN_UNSUPPORTED, UnsupportedModelError, supported_families
 
     families = supported_families()
     if model_type in families:
@@ -182,6 +181,8 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None, *
     load; `kwargs` go to the model's `from_pretrained` (hub settings such as `revision` to all three).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from .patches.base import UnsupportedModelError
 
     if name == TOY_MODEL:
         name = str(toy_model_path())

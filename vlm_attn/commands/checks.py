@@ -211,7 +211,6 @@ def check_against_model(configs: Sequence[Any], model: Any) -> None:
 
 def _check_anchor_layers(configs: Sequence[Any], model: Any) -> None:
     """Funnel's `anchor_layer` / ViCrop's `layer` (set with --anchor-layer) inside the language model's depth."""
-    from ..methods.anchor import resolve_layer
     from ..methods.funnel import FunnelConfig
     from ..methods.vicrop import ViCropConfig
     from ..patches.base import get_adapter
@@ -219,11 +218,11 @@ def _check_anchor_layers(configs: Sequence[Any], model: Any) -> None:
     for config in configs:
         if isinstance(config, (FunnelConfig, ViCropConfig)):
             layer = config.anchor_layer if isinstance(config, FunnelConfig) else config.layer
-            try:
-                resolve_layer(get_adapter(model), layer)
-            except ValueError as exc:
-                raise UserError(f"{' '.join(str(exc).split())}; pass --anchor-layer in that range or leave it "
-                                "unset for the family default") from None
+            depth = len(get_adapter(model).decoder_layers())
+            if layer is not None and not 0 <= layer < depth:
+                raise UserError(f"anchor layer {layer} out of range for a {depth}-layer language model "
+                                f"(0..{depth - 1}); pass --anchor-layer in that range or leave it unset for the "
+                                "family default")
 
 
 def _check_binds(configs: Sequence[Any], model: Any) -> None:

@@ -13,7 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from .commands import COMMANDS
 
@@ -23,8 +23,24 @@ EXIT_FAILURE = 1  # the program failed while running
 EXIT_INTERRUPTED = 130
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line too: ``error: <what argparse found>; see `<prog> --help` `` (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
+def _configure_logging(level: int) -> None:
+    """Our records on stderr with their level. huggingface_hub logs through its own stderr handler and also
+    propagated to the root one, so each of its warnings (the hub retries) printed twice: it keeps its own only."""
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    hub = logging.getLogger("huggingface_hub")
+    if hub.handlers:
+        hub.propagate = False
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vlm-attn",
         description="Training-free attention steering for HuggingFace vision-language models.",
         epilog="Errors are one line (what is wrong; how to fix it). Exit codes: 0 success, 2 bad input "
@@ -74,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; every error ends in one line on stderr (`--debug` re-raises it with its traceback)."""
     parser = make_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _configure_logging(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except SystemExit as exc:  # commands raise SystemExit("error: ...") for bad flags

@@ -102,6 +102,20 @@ def check_reachable(name: str, revision: str | None = None, cache_dir: Any = Non
         )
 
 
+def check_model_type(model_type: str | None, name: str) -> None:
+    """Refuse a checkpoint whose config.model_type is no supported family, before its weights load:
+    `UnsupportedModelError` naming the supported families (a GPT-2 folder would otherwise get transformers' list
+    of every image-text-to-text config class)."""
+    from .patches.base import KNOWN_UNSUPPORTED, UnsupportedModelError, supported_families
+
+    families = supported_families()
+    if model_type in families:
+        return
+    why = f": {KNOWN_UNSUPPORTED[model_type]}" if model_type in KNOWN_UNSUPPORTED else ""
+    raise UnsupportedModelError(f"{name!r} is a {model_type!r} model, which vlm-attn does not support{why}; use a "
+                                f"vision-language model of a supported family: {', '.join(families)}")
+
+
 def load_model(name: str, device: str | None = None, dtype: str | None = None, **kwargs: Any) -> tuple[Any, Any]:
     """(model, processor) for a hub id, a local directory, `toy-vlm` (the shipped toy model) or `tiny-<family>`
     (random weights, built offline).
@@ -110,6 +124,8 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None, *
     load; `kwargs` go to the model's `from_pretrained` (hub settings such as `revision` to all three).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from .patches.base import UnsupportedModelError
 
     if name == TOY_MODEL:
         name = str(toy_model_path())
@@ -121,8 +137,11 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None, *
         model_dtype = _dtype(dtype)
         try:
             config = AutoConfig.from_pretrained(name, **hub)
-            processor = load_processor(name, config, **hub)
+            processor = load_processor(name, config, **hub)  # a missing package is named first (torchvision)
+            check_model_type(getattr(config, "model_type", None), name)  # before the weights
             model = AutoModelForImageTextToText.from_pretrained(name, dtype=model_dtype, **kwargs)
+        except UnsupportedModelError:
+            raise
         except ImportError as exc:
             raise UserError(f"could not load {name!r}: {one_line(exc)}") from exc
         except (OSError, ValueError) as exc:

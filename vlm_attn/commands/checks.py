@@ -100,6 +100,8 @@ def check_image_file(path: str | os.PathLike[str], flag: str = "--image") -> Non
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p} is a folder, not an image file; pass a JPEG/PNG/WebP image")
     if not p.is_file():
         raise UserError(f"{flag} {p}: no such file")
     if p.stat().st_size == 0:
@@ -177,7 +179,9 @@ def check_method_files(configs: Sequence[Any]) -> None:
 
 def check_against_model(configs: Sequence[Any], model: Any) -> None:
     """Checks that need the loaded model's config, run before the first generation: sink dims within the hidden
-    size, a head-sensitivity file measured on this model."""
+    size, a head-sensitivity file measured on this model, the input-level methods' anchor layer within the depth,
+    then every other setting of the attention methods (layer indices, ...) by applying and removing them once.
+    `None` entries (no input-level method) are skipped."""
     from ..methods.heads import HeadSensitivity
     from ..methods.var import load_sink_dims
 
@@ -201,6 +205,43 @@ def check_against_model(configs: Sequence[Any], model: Any) -> None:
                 record.check_compatible(model.config)
             except ValueError as exc:
                 raise UserError(f"head sensitivity: {' '.join(str(exc).split())}") from None
+    _check_anchor_layers(configs, model)
+    _check_binds(configs, model)
+
+
+def _check_anchor_layers(configs: Sequence[Any], model: Any) -> None:
+    """Funnel's `anchor_layer` / ViCrop's `layer` (set with --anchor-layer) inside the language model's depth."""
+    from ..methods.funnel import FunnelConfig
+    from ..methods.vicrop import ViCropConfig
+    from ..patches.base import get_adapter
+
+    for config in configs:
+        if isinstance(config, (FunnelConfig, ViCropConfig)):
+            layer = config.anchor_layer if isinstance(config, FunnelConfig) else config.layer
+            depth = len(get_adapter(model).decoder_layers())
+            if layer is not None and not 0 <= layer < depth:
+                raise UserError(f"anchor layer {layer} out of range for a {depth}-layer language model "
+                                f"(0..{depth - 1}); pass --anchor-layer in that range or leave it unset for the "
+                                "family default")
+
+
+def _check_binds(configs: Sequence[Any], model: Any) -> None:
+    """Apply the attention configs and remove them at once (the model is restored exactly): what binding them to
+    this model refuses (e.g. `layers` beyond its depth) is refused before anything is generated."""
+    from ..api import apply
+    from ..methods.funnel import FunnelConfig
+    from ..methods.vicrop import ViCropConfig
+
+    attention = [c for c in configs if c is not None and not isinstance(c, (FunnelConfig, ViCropConfig))]
+    if not attention:
+        return
+    try:
+        handle = apply(model, attention)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(" ".join(str(exc).split())) from None
+    handle.remove()
 
 
 # ------------------------------------------------------------------------------------------- per command

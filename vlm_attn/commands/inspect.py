@@ -116,6 +116,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --out {out} must end in .png, .jpg or .webp")
     args.method_spec = parse_method_args(args)  # every method setting checked before the model is loaded
     args.method = args.method_spec.names[0]
+    parse_layers(args.layers)
     check_model_args(args)
     check_images([args.image] if args.image else [])
     check_method_files(args.method_spec.configs)
@@ -123,7 +124,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     image = load_rgb(args.image or sample_image_path())
     # Built once: the figure and the --answer generation use the same configs (and log their warnings once).
     args.attention_configs = build_configs(args.method_spec, model)
-    check_against_model(args.attention_configs, model)
+    check_against_model([*args.attention_configs, args.method_spec.input_config], model)
     rows, summary = PANEL_BUILDERS[args.method](model, processor, image, args)
     figure = render_rows(rows)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,8 @@ class VARConfig(MethodConfig):
         if self.layers is not None:
             bad = [x for x in self.layers if x >= num_layers]
             if bad:
-                raise ValueError(f"VARConfig.layers {bad} out of range for a {num_layers}-layer language model")
+                raise ValueError(f"VARConfig.layers {bad} out of range for a {num_layers}-layer language model; "
+                                 f"use layers 0..{num_layers - 1} or leave them unset (2..L-1)")
             return self.layers
         last = num_layers - 1 if self.exclude_last_layer else num_layers
         return tuple(range(2, last))

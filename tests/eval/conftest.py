@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from vlm_attn.testing.tiny import tiny_path
 
 # shared/ sits beside the checkout: <parent>/main (this repo) and <parent>/shared.
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -71,3 +74,12 @@ def toy_pope(tmp_path: Path) -> Path:
                                  "text": f"Is there a {obj} in the image?", "label": label})
         (folder / f"coco_pope_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
+
+
+@pytest.fixture
+def cache_env(tiny_cache, monkeypatch) -> dict[str, str]:
+    """VLM_ATTN_CACHE shared with the other CLI tests (tiny-llava is built once); the env for subprocesses."""
+    cache = tiny_cache.parent / "cli_cache"
+    monkeypatch.setenv("VLM_ATTN_CACHE", str(cache))
+    tiny_path("llava", cache / "tiny")
+    return {**os.environ, "VLM_ATTN_CACHE": str(cache)}

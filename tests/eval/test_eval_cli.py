@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,18 +14,9 @@ from pathlib import Path
 import pytest
 
 from vlm_attn.cli import main
-from vlm_attn.testing.tiny import tiny_path
 
 FAST = ["--max-new-tokens", "8", "--no-progress"]
 
-
-@pytest.fixture
-def cache_env(tiny_cache, monkeypatch) -> dict[str, str]:
-    """VLM_ATTN_CACHE shared with tests/test_cli.py (tiny-llava is built once); the env for subprocesses."""
-    cache = tiny_cache.parent / "cli_cache"
-    monkeypatch.setenv("VLM_ATTN_CACHE", str(cache))
-    tiny_path("llava", cache / "tiny")
-    return {**os.environ, "VLM_ATTN_CACHE": str(cache)}
 
 
 def _records(path: Path) -> list[dict]:

@@ -14,20 +14,11 @@ import pytest
 
 from vlm_attn.eval import pope
 from vlm_attn.eval.runner import RunDir, read_records, settings_diff
-from vlm_attn.testing.tiny import tiny_path
 
 from .test_inputs import refusal
 
 FAST = ["--max-new-tokens", "4", "--no-progress"]
 
-
-@pytest.fixture
-def cache_env(tiny_cache, monkeypatch) -> dict[str, str]:
-    """VLM_ATTN_CACHE shared with the other CLI tests (tiny-llava is built once); the env for subprocesses."""
-    cache = tiny_cache.parent / "cli_cache"
-    monkeypatch.setenv("VLM_ATTN_CACHE", str(cache))
-    tiny_path("llava", cache / "tiny")
-    return {**os.environ, "VLM_ATTN_CACHE": str(cache)}
 
 
 def _records(path: Path) -> list[dict]:

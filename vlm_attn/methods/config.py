@@ -17,6 +17,8 @@ config fields); each takes the qualified name to put in its message.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import dataclasses
 import json
 import math
@@ -130,14 +132,15 @@ def check_layers(name: str, layers: Any) -> tuple[int, ...] | None:
 
 
 # ------------------------------------------------------------------------------------------- constraints
-class Constraint:
+class Constraint(ABC):
     """What a field accepts: `check` validates and normalises, `text` says it in words, `parse` reads a CLI value."""
 
     text: str = "a value"
     optional: bool = False
 
+    @abstractmethod
     def check(self, name: str, value: Any) -> Any:
-        raise NotImplementedError
+        """`value` validated and normalised, or a ConfigError naming `name`."""
 
     def __call__(self, name: str, value: Any) -> Any:
         if value is None and self.optional:

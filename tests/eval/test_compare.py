@@ -190,3 +190,28 @@ def test_plot_draws_both_tasks(tmp_path, capsys):
     colours = method_colours([load_run(r) for r in runs])
     assert list(colours) == ["baseline", "var"] and colours["baseline"] != colours["var"]
     assert np.all(np.isfinite(colours["var"]))
+
+
+def test_report_without_per_sample_files_shows_values_and_says_why(tmp_path, capsys):
+    bare = tmp_path / "bare"
+    write_metrics(bare, metrics_record("chair", "baseline", "toy", {m: 0.5 for m in
+                                                                    ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1")}
+                                       | {"Len": 9.0}))
+    assert main(["report", str(bare)]) == 0
+    captured = capsys.readouterr()
+    assert "| bare | baseline | toy | 50.0 | 50.0 |" in captured.out and "[" not in captured.out
+    assert "no intervals for" in captured.err and "no chair_details.json" in captured.err
+    run = chair_run(tmp_path / "full", BASE, "baseline")
+    assert main(["report", str(run), "--no-intervals"]) == 0
+    assert "| full | baseline | toy | 75.0 | 45.5 | 100.0 |" in capsys.readouterr().out
+
+
+def test_recorded_intervals_warn_instead_of_failing(tmp_path, caplog):
+    from vlm_attn.eval.report import recorded_intervals
+
+    run = chair_run(tmp_path / "run", BASE, "baseline")
+    record = _record(run)
+    assert recorded_intervals(run, record)["n"] == {"all": 4}
+    record["metrics"]["CHAIR_I"] = 0.1  # metrics.json and the per-caption file disagree
+    assert recorded_intervals(run, record) is None
+    assert "the per-sample records give CHAIR_I = 0.4545" in caplog.text

@@ -9,6 +9,7 @@ paired tests against a baseline (Holm-corrected) and a figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -43,8 +44,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             sys.stderr.write(f"skipping {path}: no {METRICS_FILE} (unfinished run? finish it with --resume)\n")
             continue
         run = load_run(path)
-        if not args.no_intervals:
-            run = with_intervals(run, args.bootstrap, args.bootstrap_seed, args.level, progress)
+        if args.no_intervals:
+            run = dataclasses.replace(run, intervals=None)
+        else:
+            try:
+                run = with_intervals(run, args.bootstrap, args.bootstrap_seed, args.level, progress)
+            except UserError as exc:  # e.g. a metrics.json without its per-sample files: values alone
+                sys.stderr.write(f"no intervals for {path}: {exc}\n")
         by_task[run.task].append(run)
     if not by_task:
         raise UserError(f"none of the {len(args.runs)} directories holds a {METRICS_FILE}; pass finished run "
@@ -54,8 +60,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         if several:
             write(f"## {task.upper()}\n")
         write(markdown_table(runs, percent=not args.raw, digits=args.digits).rstrip())
-        if not args.no_intervals:
-            iv = runs[0].intervals
+        iv = next((r.intervals for r in runs if r.intervals), None)
+        if not args.no_intervals and iv:
             write(f"\n[low, high]: {iv['level']:.0%} percentile bootstrap intervals over {iv['unit']}, "
                   f"{iv['n_resamples']} resamples, seed {iv['seed']}")
         if several:
@@ -69,8 +75,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         from ..eval.plot import plot_runs
 
         runs = [r for rs in by_task.values() for r in rs]
-        if args.no_intervals:
-            runs = [with_intervals(r, args.bootstrap, args.bootstrap_seed, args.level, progress) for r in runs]
         sys.stderr.write(f"wrote {plot_runs(runs, args.plot)}\n")
     return 0
 
@@ -114,7 +118,7 @@ def register(sub: Any) -> None:
                      help="also write raw values to this CSV (one file per task, suffixed, when tasks are mixed)")
     rep.add_argument("--raw", action="store_true", help="show fractions as stored (0-1), not as percentages")
     rep.add_argument("--digits", type=int, default=1, help="decimals in the table (default 1)")
-    rep.add_argument("--no-intervals", action="store_true", help="the values alone, no bootstrap intervals")
+    rep.add_argument("--no-intervals", action="store_true", help="the values alone: no bootstrap intervals (nor bars in --plot)")
     add_bootstrap_args(rep)
     rep.add_argument("--baseline", default=None, metavar="RUN_DIR",
                      help="compare every other run of its task with this one (paired; Holm over the runs)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -36,6 +37,8 @@ from vlm_attn.errors import UserError
 from vlm_attn.eval import chair, pope
 from vlm_attn.eval.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap
 from vlm_attn.eval.tables import load_table
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 TASKS: tuple[str, ...] = ("chair", "pope")
@@ -96,6 +99,16 @@ def run_intervals(
         "n": {name: len(ids) for name, ids in table.ids.items()},
         "metrics": ranges[next(iter(ranges))] if table.task == "chair" else ranges,
     }
+
+
+def recorded_intervals(run_dir: str | Path, record: Mapping[str, Any], progress: bool = False) -> dict[str, Any] | None:
+    """``run_intervals`` with the default settings for a run that has just been scored, or None (with a warning
+    naming the reason) when its files cannot give them: a finished run is never lost over its intervals."""
+    try:
+        return run_intervals(run_dir, record, progress=progress)
+    except UserError as exc:
+        logger.warning("no bootstrap intervals for %s: %s", run_dir, exc)
+        return None
 
 
 def intervals_match(intervals: Mapping[str, Any] | None, n_resamples: int, seed: int, level: float) -> bool:

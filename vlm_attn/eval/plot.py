@@ -60,7 +60,6 @@ def _chair_panel(ax: Any, runs: Sequence[RunRecord], colours: dict[str, Any]) ->
     ax.set_ylabel("Recall (%)  (higher is better)")
     ax.set_title("CHAIR: recall against CHAIR$_I$")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
 
 
 def _pope_panel(ax: Any, runs: Sequence[RunRecord], colours: dict[str, Any]) -> None:
@@ -87,10 +86,9 @@ def _pope_panel(ax: Any, runs: Sequence[RunRecord], colours: dict[str, Any]) -> 
     low = min(100 * flatten_metrics(r.metrics).get(f"{s}.f1", 1.0) for r in runs for s in groups)
     ax.set_ylim(max(0.0, low - 15), 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
 
 
-def plot_runs(runs: Sequence[RunRecord], path: str | Path, dpi: int = 200) -> Path:
+def plot_runs(runs: Sequence[RunRecord], path: str | Path, dpi: int = 150) -> Path:
     """Draw the figure of ``runs`` (CHAIR and/or POPE; intervals from ``run.intervals`` when present) to ``path``."""
     path = check_plot_path(path)
     import matplotlib
@@ -106,11 +104,18 @@ def plot_runs(runs: Sequence[RunRecord], path: str | Path, dpi: int = 200) -> Pa
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for ax, (task, rs) in zip(axes[0], panels):
         (_chair_panel if task == "chair" else _pope_panel)(ax, rs, colours)
+    legend: dict[str, Any] = {}  # one entry per label over both panels, below them
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 6), frameon=False,
+               fontsize=9)
     levels = {r.intervals.get("level") for r in runs if r.intervals}
     if levels:
         note = ", ".join(f"{lv:.0%}" for lv in sorted(levels))
         fig.text(0.99, 0.01, f"bars: {note} bootstrap intervals", ha="right", va="bottom", fontsize=7, alpha=0.7)
-    fig.tight_layout()
+    rows = -(-len(legend) // 6)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * rows, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

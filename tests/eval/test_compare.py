@@ -215,3 +215,11 @@ def test_recorded_intervals_warn_instead_of_failing(tmp_path, caplog):
     record["metrics"]["CHAIR_I"] = 0.1  # metrics.json and the per-caption file disagree
     assert recorded_intervals(run, record) is None
     assert "the per-sample records give CHAIR_I = 0.4545" in caplog.text
+
+
+@pytest.mark.parametrize("argv", [["compare"], ["report"], ["tune"], ["tune", "chair"]])
+def test_new_commands_have_help_with_an_example(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    assert "example" in capsys.readouterr().out

@@ -9,6 +9,7 @@ paired tests against a baseline (Holm-corrected) and a figure.
 from __future__ import annotations
 
 import argparse
+import textwrap
 import dataclasses
 import sys
 from collections import defaultdict
@@ -102,13 +103,13 @@ def register(sub: Any) -> None:
         "report",
         help="compare runs (metrics.json) in a markdown table with bootstrap intervals; tests against a baseline; "
              "a figure",
-        description="Reads RUN_DIR/metrics.json of each run and prints one markdown row per run (fractions as "
+        description=textwrap.fill("Reads RUN_DIR/metrics.json of each run and prints one markdown row per run (fractions as "
                     "percentages), each metric with its seeded bootstrap interval, e.g. `CHAIR_I 12.4 [11.1, "
                     "13.8]` (images resampled for CHAIR, questions within each split for POPE; runs without "
                     "stored intervals get them from their per-sample files). Runs of different tasks get one table "
                     "each. Directories without metrics.json (unfinished runs) are skipped with a note. "
                     "--baseline adds paired differences of every other run of its task against it, with "
-                    "Holm-adjusted p-values; --plot draws recall against CHAIR_I and POPE F1 per split.",
+                    "Holm-adjusted p-values; --plot draws recall against CHAIR_I and POPE F1 per split.", 100),
         epilog="examples:\n  vlm-attn report runs/* --csv results.csv\n"
                "  vlm-attn report runs/chair-* --baseline runs/chair-base --plot chair.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -13,6 +13,7 @@ evaluation list they avoid), every point's metrics and intervals, the objective 
 from __future__ import annotations
 
 import argparse
+import textwrap
 import json
 import sys
 from pathlib import Path
@@ -243,10 +244,10 @@ def register(sub: Any) -> None:
 
     tune = sub.add_parser(
         "tune", help="grid-search a method's settings on a tuning split disjoint from the evaluation images",
-        description="Runs every point of a grid over a method's settings as a resumable CHAIR run on tuning "
+        description=textwrap.fill("Runs every point of a grid over a method's settings as a resumable CHAIR run on tuning "
                     "images that share none with the evaluation list (a listed split that overlaps is refused), "
                     "picks one point by a named objective and writes it as a --method-config file. tune.json "
-                    "records the grid, the split, every point's metrics with intervals and the choice.",
+                    "records the grid, the split, every point's metrics with intervals and the choice.", 100),
         epilog="example:\n  vlm-attn tune chair --model toy-vlm --method var --grid tau=2,4 --coco-root toy_coco \\\n"
                "      --tune-num-images 20 --eval-num-images 100 --out runs/tune-var\n"
                "objectives: " + "; ".join(f"{o.name}: {o.description}" for o in OBJECTIVES.values()),

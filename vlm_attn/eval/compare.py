@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from ..errors import UserError
 from . import stats
 from .report import RunRecord, _format, load_run
@@ -100,7 +102,8 @@ def compare_tables(
                 m = stats.mcnemar_from_counts(b, c, mcnemar_test)
                 p_value, test = m.p_value, f"McNemar {m.test} (b={m.b}, c={m.c})"
             rows.append(Row(metric, d.a, d.b, d.difference, d.low, d.high, p_value, test))
-    settings = {"method": "paired percentile bootstrap", "n_resamples": n_resamples, "seed": seed, "level": level,
+    settings = {"runs": [run_a.path, run_b.path], "method": "paired percentile bootstrap",
+                "n_resamples": n_resamples, "seed": seed, "level": level, "numpy": np.__version__,
                 "mcnemar": mcnemar_test if run_a.task == "pope" else None,
                 "parse_modes": [r.provenance.get("parse_mode") for r in (run_a, run_b)] if run_a.task == "pope"
                 else None}

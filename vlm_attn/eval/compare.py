@@ -158,9 +158,9 @@ def comparison_table(comparisons: Sequence[Comparison], percent: bool = True, di
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for c in comparisons:
         for r in c.rows:
-            fmt = lambda v: _format(r.metric, v, percent, digits)  # noqa: E731 - formats like the metric
-            diff = f"{fmt(r.difference)} [{fmt(r.low)}, {fmt(r.high)}]"
-            cells = [c.run_b, r.metric, fmt(r.a), fmt(r.b), diff, _p(r.p_value), r.test] + (
+            a, b, d, low, high = (_format(r.metric, v, percent, digits) for v in (r.a, r.b, r.difference, r.low,
+                                                                                   r.high))
+            cells = [c.run_b, r.metric, a, b, f"{d} [{low}, {high}]", _p(r.p_value), r.test] + (
                 [_p(r.p_holm)] if holm else [])
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -101,7 +101,8 @@ def resample_weights(n: int, n_resamples: int, rng: np.random.Generator) -> Iter
 
 
 def percentile_interval(values: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
-    """The (lower, upper) percentiles ``100 * (1 -+ level) / 2`` of ``values`` (numpy's linear interpolation)."""
+    """The ``100 (1 - level) / 2`` and ``100 (1 + level) / 2`` percentiles of ``values`` (numpy's linear
+    interpolation): 2.5 and 97.5 for a 95% interval."""
     if not 0 < level < 1:
         raise ValueError(f"the interval level must lie in (0, 1), got {level}")
     tail = 100 * (1 - level) / 2

@@ -281,16 +281,6 @@ def shuffle_groups(shuffle: Callable[[torch.Tensor], torch.Tensor], patches: int
     return groups
 
 
-def pooled_groups(side: int, kernel: int) -> torch.Tensor:
-    """(T, kernel^2) patch indexes of each cell of a `kernel` x `kernel` average pool over a side x side raster grid
-    (Gemma 3's projector), cells in row-major order."""
-    if kernel < 1 or side % kernel:
-        raise ValueError(f"a {side}x{side} patch grid does not pool evenly with kernel {kernel}")
-    cells = side // kernel
-    grid = torch.arange(side * side, dtype=torch.long).view(cells, kernel, cells, kernel)
-    return grid.permute(0, 2, 1, 3).reshape(cells * cells, kernel * kernel)
-
-
 def qwen_column_sums(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
     """Column sums over heads and query rows of a Qwen-VL vision attention call: (seq,) fp32.
 

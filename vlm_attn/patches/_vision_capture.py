@@ -34,6 +34,32 @@ class InstanceOverride:
             delattr(self.obj, self.name)
 
 
+def first_entries_of_each_image(
+    inner: Any, tile_counts: Callable[[tuple, dict[str, Any]], list[int] | None]
+) -> tuple[InstanceOverride, Callable[[int], list[int] | None]]:
+    """Wrap `inner.get_image_features` so that, during one call, the index of each image's first encoded entry is
+    known (anyres families encode the base image first, then its tiles): returns the override to remove and an
+    `entries` callable for `hook_clip_tower`. `tile_counts(args, kwargs)` gives the entries each image is encoded
+    as (None: unknown, every entry scored)."""
+    import functools
+
+    original = inner.get_image_features
+    state: dict[str, list[int]] = {}
+
+    @functools.wraps(original)  # generate reads the signature to pick the encoder's kwargs
+    def get_image_features(*args: Any, **kwargs: Any) -> Any:
+        counts = tile_counts(args, kwargs)
+        if counts is not None:
+            state["bases"] = [sum(counts[:i]) for i in range(len(counts))]
+        try:
+            return original(*args, **kwargs)
+        finally:
+            state.pop("bases", None)
+
+    inner.get_image_features = get_image_features
+    return InstanceOverride(inner, "get_image_features"), lambda n: state.get("bases")
+
+
 def feature_layer_index(vision_feature_layer: Any, num_layers: int) -> int:
     """0-based encoder layer whose output the projector reads.
 

@@ -67,11 +67,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         if args.pope_dir is None and not args.pope_file and args.pope_hf is None:
             args.pope_hf = tasks.pope_lib.HF_DATASET
-        if (args.pope_dir is not None or args.pope_file) and args.coco_root is None:
-            raise UserError("POPE question files name COCO val2014 images: pass --coco-root (the folder holding "
-                            "val2014/)")
+        if (args.pope_dir is not None or args.pope_file) and args.coco_root is None and args.image_root is None:
+            raise UserError("POPE question files name image files: pass --coco-root (the folder holding "
+                            "val2014/) or --image-root (the folder holding them, e.g. GQA's images/)")
         splits = tasks.load_pope_splits(args.pope_dir, args.pope_file or (), args.pope_hf, args.splits)
-        plan = tasks.plan_pope(splits, options, coco_root=args.coco_root, parse_mode=args.parse, prompt=args.prompt)
+        plan = tasks.plan_pope(splits, options, coco_root=args.coco_root, parse_mode=args.parse, prompt=args.prompt,
+                               image_root=args.image_root)
     run_dir = RunDir(args.out)
     # run_samples checks again with the methods and the model's dtype, on every process
     run_dir.check(tasks.resume_settings(plan, args.model, args.revision), resume=args.resume)
@@ -140,6 +141,9 @@ def register(sub: Any) -> None:
     )
     _add_run_args(pope, 128, "")
     pope.add_argument("--coco-root", default=None, help="folder holding val2014/ (needed with question files)")
+    pope.add_argument("--image-root", default=None,
+                      help="folder the question files' image names are relative to, instead of COCO val2014 "
+                           "(GQA's images/ for gqa_pope_*.json; A-OKVQA's questions name val2014 files)")
     pope.add_argument("--pope-dir", default=None, help="folder with coco_pope_{random,popular,adversarial}.jsonl")
     pope.add_argument("--pope-file", action="append", default=None,
                       help="one POPE question file (repeatable; the split is read from the name)")
@@ -149,6 +153,7 @@ def register(sub: Any) -> None:
     pope.add_argument("--splits", type=lambda s: [x for x in s.split(",") if x],
                       default=list(("random", "popular", "adversarial")),
                       help="comma-separated splits to run (default random,popular,adversarial)")
-    pope.add_argument("--parse", choices=["official", "lmms-eval"], default="official",
-                      help="answer parsing: POPE's official rule (default) or lmms-eval's exact match")
+    pope.add_argument("--parse", choices=["official", "lmms-eval", "recorder", "vcd"], default="official",
+                      help="answer parsing: POPE's official rule (default), lmms-eval's exact match, OPERA/HALC's "
+                           "recorder or VCD's substring rule (recorded in metrics.json)")
     pope.set_defaults(func=cmd_eval)

@@ -89,10 +89,13 @@ def pope_samples(
     coco: CocoVal2014 | None = None,
     template: str = POPE_TASK.prompt,
     limit: int | None = None,
+    image_root: str | Path | None = None,
 ) -> list[Sample]:
     """One sample per POPE question (id ``"<split>/<question_id>"``), the first ``limit`` of each split.
 
-    Images come from the split's own loader (HF dataset) or from ``coco``'s val2014 folder (JSONL files).
+    Images come from the split's own loader (HF dataset), else from ``image_root`` (the folder the question
+    file's ``image`` names are relative to: GQA's images, A-OKVQA's COCO val2014, ...), else from ``coco``'s
+    val2014 folder (JSONL files).
     """
     samples = []
     for name, split in splits.items():
@@ -100,11 +103,13 @@ def pope_samples(
         for index, q in enumerate(questions):
             if split.image_loader is not None:
                 image: Any = _RowImage(split.image_loader, index)
+            elif image_root is not None:
+                image = Path(image_root) / q.image
             elif coco is not None:
                 image = coco.image_dir / q.image
             else:
-                raise UserError(f"POPE split {name!r} names COCO files ({q.image}); pass --coco-root (the folder "
-                                "holding val2014/)")
+                raise UserError(f"POPE split {name!r} names image files ({q.image}); pass --coco-root (the folder "
+                                "holding val2014/) or --image-root (the folder holding the files)")
             samples.append(Sample(
                 id=f"{name}/{q.question_id}", prompt=template.format(question=q.text), image=image,
                 meta={"split": name, "question_id": q.question_id, "image": q.image, "label": q.label,
@@ -550,9 +555,11 @@ def plan_pope(
     coco_root: str | Path | None = None,
     parse_mode: str = "official",
     prompt: str | None = None,
+    image_root: str | Path | None = None,
 ) -> PopePlan:
     """Check every POPE input and build the run (no model needed): settings, parse mode, prompt template, the
-    COCO image folder and the samples (labels were checked when the questions were read)."""
+    image folder (``image_root``, else COCO's val2014) and the samples (labels were checked when the questions
+    were read)."""
     check_options(options)
     if parse_mode not in pope_lib.PARSE_MODES:
         raise UserError(f"POPE parse mode must be one of {pope_lib.PARSE_MODES}, not {parse_mode!r}")
@@ -564,14 +571,21 @@ def plan_pope(
         if not coco.image_dir.is_dir():
             raise FileNotFoundError(f"COCO images not found: {coco.image_dir}; download val2014.zip from "
                                     f"cocodataset.org and unzip it into {coco.root}")
+    if image_root is not None and not Path(image_root).is_dir():
+        raise FileNotFoundError(f"--image-root {image_root} is not a directory; pass the folder that the question "
+                                "files' image names are relative to (e.g. GQA's images/)")
     template = POPE_TASK.prompt if prompt is None else prompt
     check_pope_template(template)
-    samples = pope_samples(splits, coco, template, options.limit)
+    samples = pope_samples(splits, coco, template, options.limit, image_root)
     check_unique_ids(samples, "the POPE questions")
-    if coco is not None:
+    if image_root is not None:
+        _warn_missing_images(samples, Path(image_root))
+    elif coco is not None:
         _warn_missing_images(samples, coco.image_dir)
     settings = {"prompt": template, "limit": options.limit, "seed": options.seed, "splits": list(splits),
                 "coco_root": str(coco.root) if coco is not None else None}
+    if image_root is not None:
+        settings["image_root"] = str(image_root)
     return PopePlan(
         splits=dict(splits), coco=coco, prompt=template, parse_mode=parse_mode,
         max_new_tokens=options.max_new_tokens or POPE_TASK.max_new_tokens, samples=tuple(samples), settings=settings,
@@ -597,6 +611,7 @@ def execute_pope(
     provenance = {
         "dataset": {name: split.provenance for name, split in plan.splits.items()},
         "coco_root": str(plan.coco.root) if plan.coco is not None else None,
+        "image_root": plan.settings.get("image_root"),
         "limit_per_split": options.limit,
         "image_list": sorted({str(r["image"]) for r in records}),
         "prompt": plan.prompt,
@@ -618,8 +633,9 @@ def run_pope(
     parse_mode: str = "official",
     prompt: str | None = None,
     dist: DistContext | None = None,
+    image_root: str | Path | None = None,
 ) -> dict[str, Any] | None:
     """Answer the POPE questions (first ``options.limit`` per split), score, write ``metrics.json``; returns its
     record (None off the main process). Every input is checked (``plan_pope``) before the first sample."""
-    plan = plan_pope(splits, options, coco_root, parse_mode, prompt)
+    plan = plan_pope(splits, options, coco_root, parse_mode, prompt, image_root)
     return execute_pope(model, processor, model_id, plan, out, configs, options, dist)

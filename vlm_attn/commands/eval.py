@@ -1,6 +1,8 @@
 """`vlm-attn eval chair|pope`: run a benchmark with or without methods into a resumable run directory.
 
     vlm-attn eval chair --model llava-hf/llava-1.5-7b-hf --method var --coco-root ~/coco --out runs/chair-var
+    vlm-attn eval chair --model llava-hf/llava-1.5-7b-hf --hf-dataset tsunghanwu/mscoco_chair --out runs/chair-hf
+    vlm-attn eval pope --model llava-hf/llava-1.5-7b-hf --pope-dir pope/gqa --image-root ~/gqa/images --parse vcd ...
     vlm-attn eval pope --model llava-hf/llava-1.5-7b-hf --pope-dir pope/ --coco-root ~/coco --out runs/pope-base
     accelerate launch --num_processes 4 -m vlm_attn.cli eval pope ...     # one slice per process, merged at the end
 """
@@ -63,7 +65,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plan: tasks.ChairPlan | tasks.PopePlan
     if args.task == "chair":
         plan = tasks.plan_chair(args.coco_root, options, image_list=args.image_list, num_images=args.num_images,
-                                lemmatizer=args.lemmatizer, prompt=args.prompt)
+                                lemmatizer=args.lemmatizer, prompt=args.prompt, hf_dataset=args.hf_dataset,
+                                hf_split=args.hf_split)
     else:
         if args.pope_dir is None and not args.pope_file and args.pope_hf is None:
             args.pope_hf = tasks.pope_lib.HF_DATASET
@@ -123,12 +126,17 @@ def register(sub: Any) -> None:
                     "and score CHAIR_S, CHAIR_I, Recall, Precision, F1 and Len.",
     )
     _add_run_args(chair, 512, "; 64 is the short variant")
-    chair.add_argument("--coco-root", required=True,
+    chair.add_argument("--coco-root", default=None,
                        help="folder holding val2014/ and annotations/{instances,captions}_val2014.json")
+    chair.add_argument("--hf-dataset", default=None,
+                       help="instead of --coco-root: the HF copy with images and ground truth inside "
+                            "(tsunghanwu/mscoco_chair, as lmms-eval uses; a hub name or a save_to_disk folder)")
+    chair.add_argument("--hf-split", default="test", help="split of --hf-dataset (default test)")
     chair.add_argument("--num-images", type=int, default=500,
                        help="images sampled from val2014 with --seed (default 500); ignored with --image-list")
     chair.add_argument("--image-list", default=None,
-                       help="use this image list instead (JSON list or {image_ids: [...]}, or one id/file per line)")
+                       help="use this image list instead: a JSON list or {image_ids: [...]} of ids, file names or "
+                            "{image_id} objects, a JSONL caption file (a paper's 500 images), or one id/file per line")
     chair.add_argument("--lemmatizer", choices=["auto", "nltk", "offline"], default="auto",
                        help="nltk reference path (needs its data), offline, or auto (nltk when available)")
     chair.set_defaults(func=cmd_eval)

@@ -40,3 +40,15 @@ def test_caption_file_in_json_lines_is_a_list(tmp_path):
 )
 def test_image_id_of(value, image_id):
     assert image_id_of(value) == image_id
+
+
+def test_chair_result_file_is_a_list(tmp_path):
+    # what the CHAIR script saves (--save_path): overall metrics and one entry per scored caption
+    path = tmp_path / "chair_results.json"
+    path.write_text(json.dumps({"overall_metrics": {"CHAIRs": 0.5}, "sentences": [
+        {"image_id": 42, "caption": "A dog.", "mscoco_hallucinated_words": []},
+        {"image_id": 7, "caption": "A cat.", "mscoco_hallucinated_words": [["cat", "cat"]]}]}))
+    assert load_image_list(path) == [42, 7]
+    path.write_text(json.dumps({"images": [1, 2]}))
+    with pytest.raises(UserError, match="a JSON list of ids, .*or a CHAIR result file"):
+        load_image_list(path)

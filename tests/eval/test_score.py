@@ -98,7 +98,8 @@ def test_scoring_answer_files_equals_our_own_run(toy_data, tmp_path, capsys):
     prov = scored["provenance"]
     assert prov["parse_mode"] == "official" and prov["dataset"] == ours["provenance"]["dataset"]
     assert prov["dataset"]["random"]["version"] == ours["provenance"]["dataset"]["random"]["version"]
-    assert len(prov["scored_file"]["popular"]["sha256"]) == 64 and prov["image_list"] == ours["provenance"]["image_list"]
+    assert len(prov["scored_file"]["popular"]["sha256"]) == 64
+    assert prov["image_list"] == ours["provenance"]["image_list"]
 
     # every other parse mode gives what scoring our run's records with it gives, and is named in the result
     splits = tasks.load_pope_splits(toy_data / "pope")
@@ -173,6 +174,16 @@ def test_caption_file_scored_by_hand(toy_coco, tmp_path):
     assert (m["CHAIR_S"], m["CHAIR_I"], m["Recall"], m["Precision"]) == (1 / 2, 1 / 4, 3 / 4, 3 / 4)
     assert m["F1"] == pytest.approx(3 / 4, abs=1e-15)
     assert m["Len"] == (9 + 3) / 2 and (m["n_scored"], m["n_errors"]) == (2, 0)
+    # the CHAIR script's own result file re-scores to the same numbers
+    results = tmp_path / "chair_results.json"
+    results.write_text(json.dumps({"overall_metrics": {}, "sentences": [
+        {"image_id": 1, "caption": "A man and his dog near a cat.", "mscoco_hallucinated_words": [["cat", "cat"]]},
+        {"image_id": 2, "caption": "A toilet.", "mscoco_hallucinated_words": []}]}))
+    again = tmp_path / "again"
+    assert main(["score", "chair", "--captions", str(results), "--coco-root", str(toy_coco), "--lemmatizer",
+                 "offline", "--out", str(again), *FAST]) == 0
+    record = json.loads((again / "metrics.json").read_text())
+    assert record["metrics"] == m and record["provenance"]["scored_file"]["format"] == "chair-results"
 
 
 def test_answer_file_errors_name_the_line_and_the_fix(toy_pope, tmp_path):

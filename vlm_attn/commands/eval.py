@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,14 @@ def register(sub: Any) -> None:
 
     chair = tasks_sub.add_parser(
         "chair", help="CHAIR object hallucination on COCO val2014 captions",
-        description='Describe a fixed sample of COCO val2014 images ("Please describe this image in detail.") '
-                    "and score CHAIR_S, CHAIR_I, Recall, Precision, F1 and Len.",
+        description=textwrap.fill('Describe a fixed sample of COCO val2014 images ("Please describe this image in '
+                                  "detail.\") and score CHAIR_S, CHAIR_I, Recall, Precision, F1 and Len. Ground truth "
+                                  "and images from a COCO root or the HF mscoco_chair copy (--hf-dataset).", 100),
+        epilog="examples:\n"
+               "  vlm-attn eval chair --model llava-hf/llava-1.5-7b-hf --method var --coco-root ~/coco --out runs/var\n"
+               "  vlm-attn eval chair --model llava-hf/llava-1.5-7b-hf --hf-dataset tsunghanwu/mscoco_chair "
+               "--image-list opera/greedy.jsonl --out runs/base",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_args(chair, 512, "; 64 is the short variant")
     chair.add_argument("--coco-root", default=None,
@@ -143,9 +150,17 @@ def register(sub: Any) -> None:
 
     pope = tasks_sub.add_parser(
         "pope", help="POPE yes/no object probing (random, popular, adversarial)",
-        description="Ask each POPE question with LLaVA's short-answer instruction and report accuracy, precision, "
-                    "recall, F1 and yes-ratio per split and averaged. Questions come from --pope-dir, "
-                    "--pope-file or the lmms-lab/POPE dataset (--pope-hf, the default when no files are given).",
+        description=textwrap.fill("Ask each POPE question with LLaVA's short-answer instruction and report accuracy, "
+                                  "precision, recall, F1 and yes-ratio per split and averaged. Questions come from "
+                                  "--pope-dir, --pope-file or the lmms-lab/POPE dataset (--pope-hf, the default when "
+                                  "no files are given); the A-OKVQA and GQA question files read their images from "
+                                  "--image-root.", 100),
+        epilog="examples:\n"
+               "  vlm-attn eval pope --model llava-hf/llava-1.5-7b-hf --pope-dir pope/coco --coco-root ~/coco "
+               "--out runs/pope\n"
+               "  vlm-attn eval pope --model llava-hf/llava-1.5-7b-hf --pope-dir pope/gqa --image-root "
+               "~/gqa/images --parse recorder --out runs/gqa",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_args(pope, 128, "")
     pope.add_argument("--coco-root", default=None, help="folder holding val2014/ (needed with question files)")

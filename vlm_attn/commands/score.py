@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import Any
 
 from ..errors import UserError
@@ -60,6 +61,11 @@ def _summary(record: dict[str, Any], out: str) -> None:
     write(f"{record['metrics'].get('n_scored')} samples scored -> {Path(out) / 'metrics.json'}")
 
 
+def _wrap(text: str) -> str:
+    """A description paragraph wrapped for the raw formatter (which keeps the examples' lines as written)."""
+    return textwrap.fill(text, 100)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True,
                    help="result folder (new or empty): samples.jsonl, metrics.json (+ chair_details.json, "
@@ -85,10 +91,12 @@ def register(sub: Any) -> None:
 
     chair = tasks_sub.add_parser(
         "chair", help="CHAIR of a caption file ({image_id, caption} per line, as OPERA writes)",
-        description="Reads JSON lines (or one JSON list) of {\"image_id\": 226988, \"caption\": \"...\"}: OPERA's "
+        description=_wrap("Reads JSON lines (or one JSON list) of {\"image_id\": 226988, \"caption\": \"...\"}: "
+                          "OPERA's "
                     "chair_eval.py output, COCO's result format, or any file with other key names "
                     "(--image-key, --caption-key); image_id may be a COCO file name. Ground truth from a COCO "
-                    "root or the HF mscoco_chair copy.",
+                    "root or the HF mscoco_chair copy. The CHAIR script's own result file "
+                    "({overall_metrics, sentences}) re-scores too."),
         epilog="examples:\n"
                "  vlm-attn score chair --captions greedy.jsonl --coco-root ~/data/coco --out runs/opera-greedy\n"
                "  vlm-attn score chair --captions caps.json --hf-dataset tsunghanwu/mscoco_chair --caption-key "
@@ -116,11 +124,11 @@ def register(sub: Any) -> None:
 
     pope = tasks_sub.add_parser(
         "pope", help="POPE of answer files (LLaVA/VCD {question_id, text} or POPE {question, answer} per line)",
-        description="Reads one answer file per split (JSON lines or a JSON list; the split is read from the file "
+        description=_wrap("Reads one answer file per split (JSON lines or a JSON list; the split is read from the file "
                     "name, or --split for one file). The answer is the row's text (LLaVA, VCD, OPERA-style "
                     "files), else answer (POPE's own), or --answer-key. Rows are matched to the questions by "
                     "question_id, else by position (a question field must then match); a label field must agree "
-                    "with the question file. Without question files every row needs question and label.",
+                    "with the question file. Without question files every row needs question and label."),
         epilog="examples:\n"
                "  vlm-attn score pope --answers llava15_coco_pope_random_answers.jsonl --answers "
                "llava15_coco_pope_popular_answers.jsonl --pope-dir ~/data/pope --out runs/llava-pope\n"

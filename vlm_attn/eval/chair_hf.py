@@ -72,7 +72,8 @@ def chair_ground_truth_from_dataset(dataset: Any, source: str, split: str = "tes
         try:
             image_id = int(raw_id)
         except (TypeError, ValueError):
-            raise UserError(f"CHAIR dataset {source} row {row}: {ID_COLUMN} {raw_id!r} is not a COCO image id") from None
+            raise UserError(f"CHAIR dataset {source} row {row}: {ID_COLUMN} {raw_id!r} is not a COCO image "
+                            "id") from None
         if image_id in objects:
             raise UserError(f"CHAIR dataset {source} row {row}: image {image_id} repeats row {row_of[image_id]}; "
                             "each image must appear once")

@@ -188,11 +188,12 @@ def _jsonl_entries(path: Path, text: str) -> list[tuple[str, Any]]:
 def read_image_list(path: str | Path) -> list[tuple[str, int]]:
     """A user's image list as (where, image id) pairs in file order; "line N" or "item N" says where each id is.
 
-    Accepts the forms published CHAIR lists come in: JSON (``.json``: a list, or a dict with ``image_ids``, whose
-    items are ids, COCO file names such as ``COCO_val2014_000000000042.jpg``, or objects with an ``image_id``, as
-    in a caption file), JSON lines of such objects (a published caption file such as OPERA's
-    ``log/chair_eval_results/*/greedy.jsonl``: its images are the paper's list), or text with one id or file name
-    per line (blank lines and ``#`` comments are skipped).
+    Accepts the forms published CHAIR lists come in: JSON (``.json``: a list, a dict with ``image_ids``, or the
+    result file of the CHAIR script, whose ``sentences`` list the scored captions; items are ids, COCO file names
+    such as ``COCO_val2014_000000000042.jpg``, or objects with an ``image_id``, as in a caption file), JSON lines
+    of such objects (a published caption file such as OPERA's ``log/chair_eval_results/*/greedy.jsonl``: its
+    images are the paper's list), or text with one id or file name per line (blank lines and ``#`` comments are
+    skipped).
     A bad entry, an id listed twice or an empty list raises UserError naming the file and the line.
     """
     path = Path(path)
@@ -206,9 +207,10 @@ def read_image_list(path: str | Path) -> list[tuple[str, int]]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); an image "
                             "list is a JSON list of ids or {\"image_ids\": [...]}") from None
-        values = data.get("image_ids") if isinstance(data, Mapping) else data
+        values = (data.get("image_ids", data.get("sentences")) if isinstance(data, Mapping) else data)
         if not isinstance(values, list):
-            raise UserError(f"{path}: an image list is a JSON list of ids or {{\"image_ids\": [...]}}")
+            raise UserError(f"{path}: an image list is a JSON list of ids, {{\"image_ids\": [...]}} or a CHAIR "
+                            "result file ({\"sentences\": [{\"image_id\": ...}, ...]})")
         located = [(f"item {i}", _json_entry(v)) for i, v in enumerate(values, 1)]
     elif text.lstrip().startswith("{"):
         located = _jsonl_entries(path, text)

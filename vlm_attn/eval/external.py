@@ -3,8 +3,9 @@
 Formats read (JSON lines, or one JSON list of the same objects; "line N" / "item N" name a bad row):
 
 - captions (OPERA's ``chair_eval.py`` writes ``{"image_id": 226988, "caption": "..."}`` per line; COCO's result
-  format is a JSON list of the same objects): ``image_id`` is an id or a COCO file name, ``caption`` the text
-  (other key names with ``image_key`` / ``caption_key``);
+  format is a JSON list of the same objects; the CHAIR script's own result file, ``{"overall_metrics": ...,
+  "sentences": [{"image_id", "caption", ...}]}``, re-scores as well): ``image_id`` is an id or a COCO file name,
+  ``caption`` the text (other key names with ``image_key`` / ``caption_key``);
 - POPE answers (POPE's own scripts write ``{"question", "answer"}``, LLaVA's and VCD's ``{"question_id", "prompt",
   "text", ...}``): the answer text is ``text`` when the row has it, else ``answer``; rows are matched to the
   questions by ``question_id`` when they carry one, else by position (then a ``question`` field, when present,
@@ -76,6 +77,9 @@ def read_output_file(path: str | Path, what: str, example: str) -> OutputFile:
             raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); fix the file "
                             f"(a JSON list of objects such as {example})") from None
         located = [(f"item {i}", v) for i, v in enumerate(values, 1)]
+    elif text.lstrip().startswith("{") and _chair_results(text) is not None:
+        fmt = "chair-results"
+        located = [(f"sentence {i}", v) for i, v in enumerate(_chair_results(text) or [], 1)]
     else:
         fmt = "jsonl"
         for number, line in enumerate(text.splitlines(), 1):
@@ -93,6 +97,18 @@ def read_output_file(path: str | Path, what: str, example: str) -> OutputFile:
             raise UserError(f"{path} {where}: expected a JSON object such as {example}, got {type(row).__name__}")
     return OutputFile(path=path, sha256=hashlib.sha256(raw).hexdigest(), n_lines=len(text.splitlines()),
                       format=fmt, rows=tuple(located))
+
+
+def _chair_results(text: str) -> list[Any] | None:
+    """The ``sentences`` of a CHAIR script's result file (one JSON object with ``overall_metrics`` and
+    ``sentences``: ``{image_id, caption, ...}`` per scored caption), or None for anything else."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # JSON lines
+    if isinstance(data, Mapping) and isinstance(data.get("sentences"), list):
+        return data["sentences"]
+    return None
 
 
 def _unknown_message(path: Path, kind: str, unknown: Sequence[Any], total: int, source: str, fix: str) -> str:

@@ -85,7 +85,8 @@ def chair_samples(coco: CocoVal2014 | None, image_ids: Sequence[int], prompt: st
         raise ValueError("chair_samples needs a COCO root or an image loader")
     return [
         Sample(id=str(int(i)), prompt=prompt, meta={"image_id": int(i)},
-               image=_RowImage(image_loader, int(i)) if image_loader is not None else coco.image_path(int(i), check=False))
+               image=(_RowImage(image_loader, int(i)) if image_loader is not None
+                      else coco.image_path(int(i), check=False)))  # type: ignore[union-attr]
         for i in image_ids
     ]
 
@@ -447,7 +448,8 @@ def plan_chair(
             ids = ids[: options.limit]
         if ground_truth.image_loader is None:
             raise UserError(f"the CHAIR dataset {ground_truth.provenance['dataset']} has no image column; generate "
-                            "from a COCO root (--coco-root), or score captions made elsewhere with vlm-attn score chair")
+                            "from a COCO root (--coco-root), or score captions made elsewhere with vlm-attn score "
+                            "chair")
         samples = chair_samples(None, ids, prompt, image_loader=ground_truth.image_loader)
         evaluator = CHAIR(ground_truth={i: ground_truth.objects[i] for i in ids}, lemmatizer=lemmatizer)
         dataset = dict(ground_truth.provenance)

@@ -17,7 +17,7 @@ Answer parsing modes:
   prediction exactly "no", so an answer such as "yes." or "there is a dog" is wrong for accuracy and ignored by
   precision and recall. lmms-eval's own "yes_ratio" is the share of *labels* that are yes (always 0.5 on the
   balanced files); here ``yes_ratio`` is always the share of *predictions* that are "yes", as the spec asks.
-- ``"recorder"`` (the ``recorder`` function of OPERA/HALC/PAI's ``pope_eval.py``): drop every ``.`` and ``,``,
+- ``"recorder"`` (the ``recorder`` function of OPERA's and HALC's ``pope_eval.py``): drop every ``.`` and ``,``,
   split on single spaces; "no" if a word is ``No``, ``not``, ``no`` or ``NO`` or ends in ``n't``, else "yes".
   Unlike the official rule it reads the whole answer, not only its first sentence.
 - ``"vcd"`` (VCD's ``experiments/eval/eval_pope.py``): lower-case and strip, then a *substring* test against the
@@ -284,7 +284,7 @@ def parse_answer_lmms_eval(text: str) -> str:
 
 
 def parse_answer_recorder(text: str) -> str:
-    """OPERA/HALC/PAI's ``recorder``: "no" if a word (after dropping ``.`` and ``,``) is No/not/no/NO or ends in
+    """OPERA's and HALC's ``recorder``: "no" if a word (after dropping ``.`` and ``,``) is No/not/no/NO or ends in
     n't, else "yes"."""
     words = text.replace(".", "").replace(",", "").split(" ")
     return "no" if any(w in RECORDER_NEGATIONS or w.endswith("n't") for w in words) else "yes"

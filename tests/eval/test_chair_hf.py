@@ -101,3 +101,17 @@ def test_eval_from_the_copy_equals_eval_from_the_coco_root(toy_data, tmp_path):
     assert from_hf["provenance"]["dataset"]["name"] == "mscoco_chair (HF)"
     outputs = [(r["id"], r["output"]) for r in map(json.loads, (tmp_path / "hf-run" / "samples.jsonl").open())]
     assert outputs == [(r["id"], r["output"]) for r in map(json.loads, (tmp_path / "coco" / "samples.jsonl").open())]
+
+
+def test_hub_copy_unreachable_says_what_to_do(monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise ConnectionError("hub unreachable")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match=r"could not load the CHAIR dataset tsunghanwu/mscoco_chair \(hub "
+                                           r"unreachable\); offline\? pass a folder written by Dataset.save_to_disk"):
+        load_chair_hf()
+    with pytest.raises(UserError, match=r"no split 'val' \(found \['test'\]\); pass --hf-split"):
+        datasets.DatasetDict({"test": datasets.Dataset.from_dict({"question_id": [1], "gt_object": [[]]})}
+                             ).save_to_disk(str(tmp_path / "dd"))
+        load_chair_hf(str(tmp_path / "dd"), split="val")

@@ -60,7 +60,7 @@ def test_scoring_a_caption_file_equals_our_own_run(toy_data, tmp_path, capsys):
     assert prov["scored_file"]["sha256"] == tasks.file_sha256(opera) and prov["scored_file"]["format"] == "jsonl"
     assert prov["dataset"] == ours["provenance"]["dataset"] and prov["lemmatizer"] == "offline"
     assert prov["image_list"]["image_ids"] == ours["provenance"]["image_list"]["image_ids"]
-    assert prov["versions"]["vlm-attn"] is not None and prov["source"] == "score"
+    assert prov["versions"]["vlm-attn"] is not None and prov["source"] == "score" and prov["finished"]
 
     # COCO's result format (a JSON list), file names for ids, other key names; no list: the file's order
     coco_results = tmp_path / "results.json"

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -84,6 +85,7 @@ def _write(out: Path, task: str, records: Sequence[Mapping[str, Any]], metrics: 
         **provenance,
         "n_samples": len(records),
         "versions": package_versions(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": list(options.command) if options.command is not None else list(sys.argv),
         "arguments": dict(options.arguments or {}),
     }

@@ -146,11 +146,12 @@ def test_score_groups_match_the_connectors():
     from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
     from transformers.models.internvl.modeling_internvl import InternVLModel
 
-    from vlm_attn.patches._vision_capture import group_sum, pooled_groups, shuffle_groups
+    from vlm_attn.methods.paint.selection import merge_scores
+    from vlm_attn.patches._vision_capture import group_sum, shuffle_groups
 
     scores = torch.rand(64, dtype=torch.float64)
     pooled = torch.nn.AvgPool2d(2, 2)(scores.view(1, 1, 8, 8)).flatten() * 4  # Gemma 3: mean of 2x2 cells
-    torch.testing.assert_close(group_sum(pooled_groups(8, 2))(scores), pooled)
+    torch.testing.assert_close(merge_scores(scores, 2, (8, 8)), pooled)
     idefics = shuffle_groups(lambda x: Idefics3Connector.pixel_shuffle(None, x, 2), 64)
     expected = Idefics3Connector.pixel_shuffle(None, scores.view(1, 64, 1), 2).sum(-1).flatten()
     torch.testing.assert_close(group_sum(idefics)(scores), expected)
@@ -158,8 +159,9 @@ def test_score_groups_match_the_connectors():
     expected = InternVLModel.pixel_shuffle(None, scores.view(1, 8, 8, 1), 0.5).reshape(-1, 4).sum(-1)
     torch.testing.assert_close(group_sum(internvl)(scores), expected)
     # both shuffles stack 2x2 spatial neighbourhoods, tokens in row-major order (as the image grids assume)
-    assert torch.equal(idefics.sort(-1).values, pooled_groups(8, 2))
-    assert torch.equal(internvl.sort(-1).values, pooled_groups(8, 2))
+    cells = torch.arange(64).view(4, 2, 4, 2).permute(0, 2, 1, 3).reshape(16, 4)  # 2x2 cells, row-major
+    assert torch.equal(idefics.sort(-1).values, cells)
+    assert torch.equal(internvl.sort(-1).values, cells)
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -223,3 +223,27 @@ def test_new_commands_have_help_with_an_example(argv, capsys):
         main([*argv, "--help"])
     assert exc.value.code == 0
     assert "example" in capsys.readouterr().out
+
+
+def test_scored_answer_files_get_intervals_and_compare(tmp_path, capsys):
+    """`vlm-attn score` results carry intervals like eval runs and can be compared like them."""
+    questions = [("dog", "yes"), ("cat", "no"), ("bus", "no"), ("car", "yes")]
+    outs = {"a": ["Yes", "Yes, a cat.", "No", "No"], "b": ["Yes", "No", "No", "Yes"]}
+    for name, answers in outs.items():
+        path = tmp_path / name / "pope_adversarial.jsonl"
+        path.parent.mkdir()
+        path.write_text("".join(json.dumps({"question_id": i + 1, "question": f"Is there a {o} in the image?",
+                                            "label": label, "answer": answer}) + "\n"
+                                for i, ((o, label), answer) in enumerate(zip(questions, answers))))
+        assert main(["score", "pope", "--answers", str(path), "--out", str(tmp_path / f"run-{name}"),
+                     "--no-progress"]) == 0
+    record = _record(tmp_path / "run-a")
+    assert record["intervals"]["n"] == {"adversarial": 4}
+    table = load_table(tmp_path / "run-a", record)
+    want = stats.bootstrap(table.counts, stats.pope_statistic, 1000, 0, average="average")
+    assert record["intervals"]["metrics"]["adversarial"]["accuracy"] == want["adversarial"]["accuracy"].as_list()
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "run-a"), str(tmp_path / "run-b")]) == 0
+    # A right on 1, 3; B right on all four: b = 0, c = 2 -> exact p = 2 * P(X <= 0 | n=2) = 0.5
+    assert "| run-b | adversarial.accuracy | 50.0 | 100.0 |" in capsys.readouterr().out
+    assert compare_pair(tmp_path / "run-a", tmp_path / "run-b").rows[0].p_value == 0.5

@@ -3,6 +3,7 @@ built from hand-written outputs with the package's own scorers (no model needed)
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 from pathlib import Path
@@ -65,6 +66,11 @@ def test_report_shows_intervals_of_an_old_run(tmp_path, capsys):
     assert iv.estimate == pytest.approx(5 / 11)
     assert f"45.5 [{100 * iv.low:.1f}, {100 * iv.high:.1f}]" in out
     assert "95% percentile bootstrap intervals over images, 300 resamples, seed 4" in out
+    assert main(["report", str(run), "--bootstrap", "300", "--bootstrap-seed", "4", "--csv",
+                 str(tmp_path / "t.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert list(rows[0])[3:6] == ["CHAIR_S", "CHAIR_S.low", "CHAIR_S.high"]
+    assert (float(rows[0]["CHAIR_I.low"]), float(rows[0]["CHAIR_I.high"])) == (iv.low, iv.high)
 
 
 def test_eval_records_intervals_equal_to_a_recomputation(cache_env, toy_coco, tmp_path, capsys):
@@ -157,7 +163,7 @@ def test_report_baseline_holm(tmp_path, capsys):
                  "--bootstrap-seed", "2"]) == 0
     out = capsys.readouterr().out
     assert "## Against the baseline base" in out and "Holm over the 2 runs per metric" in out
-    assert "| run | metric | baseline | B | B - A [95% CI] | p | test | p (Holm) |" in out
+    assert "| run | metric | baseline | run's | B - A [95% CI] | p | test | p (Holm) |" in out
     tests = out.split("## Against the baseline base")[1]
     assert tests.count("| one | ") == 6 and tests.count("| two | ") == 6 and "| base | " not in tests
     with pytest.raises(SystemExit, match="no other chair run was given"):

@@ -153,7 +153,7 @@ def _p(value: float | None) -> str:
 def comparison_table(comparisons: Sequence[Comparison], percent: bool = True, digits: int = 1) -> str:
     """A markdown table: one row per (run, metric) with A, B, B - A [interval], p-value, test (and Holm)."""
     holm = any(r.p_holm is not None for c in comparisons for r in c.rows)
-    header = ["run", "metric", "baseline" if holm else "A", "B", "B - A [95% CI]" if all(
+    header = ["run", "metric", *(("baseline", "run's") if holm else ("A", "B")), "B - A [95% CI]" if all(
         c.settings["level"] == 0.95 for c in comparisons) else "B - A [CI]", "p", "test"] + (["p (Holm)"] * holm)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for c in comparisons:

@@ -191,6 +191,9 @@ def _choose_and_write(args: argparse.Namespace, out: Path, rule: Any, grid: Mapp
     baseline = None
     if rule.needs_baseline:
         base = records[str(out / "baseline")]
+        if not base.get("intervals"):
+            raise UserError(f"{out / 'baseline'}: the baseline run has no bootstrap intervals (see the warning "
+                            f"above), so {rule.name} has no floor; fix the run or choose an objective without one")
         floor = base["intervals"]["metrics"][rule.floor_metric][0]
         baseline = {"run": "baseline", "metrics": base["metrics"], "intervals": base["intervals"]["metrics"],
                     "floor": {rule.floor_metric: floor}}
@@ -200,7 +203,7 @@ def _choose_and_write(args: argparse.Namespace, out: Path, rule: Any, grid: Mapp
         rec = records[str(folder)]
         rows.append({"index": i, "label": label, "point": point, "settings": s.settings,
                      "run": str(folder.relative_to(out)), "metrics": rec["metrics"],
-                     "intervals": rec["intervals"]["metrics"]})
+                     "intervals": (rec.get("intervals") or {}).get("metrics")})
     chosen, feasible = choose(rule, rows, floor)
     for row, ok in zip(rows, feasible):
         row["feasible"] = ok

@@ -25,7 +25,7 @@ from . import pope as pope_lib
 from .chair import CHAIR
 from .chair_hf import load_chair_hf
 from .coco import coco_val2014, image_ids as coco_image_ids, read_image_list
-from .report import metrics_record, write_metrics
+from .report import metrics_record, recorded_intervals, write_metrics
 from .runner import MERGED_FILE, RunDir
 from .tasks import (
     CHAIR_DETAILS_FILE,
@@ -91,6 +91,7 @@ def _write(out: Path, task: str, records: Sequence[Mapping[str, Any]], metrics: 
     }
     record = metrics_record(task, options.method, model, json.loads(json.dumps(metrics, default=str)),
                             json.loads(json.dumps(full, default=str)))
+    record["intervals"] = recorded_intervals(out, record, options.progress)  # from the files just written
     write_metrics(out, record)
     logger.info("wrote %s", out / "metrics.json")
     return record

@@ -35,7 +35,7 @@ from .coco import (
     sample_image_ids,
 )
 from ..errors import UserError
-from .report import metrics_record, write_metrics
+from .report import metrics_record, recorded_intervals, write_metrics
 from .runner import RUN_FILE, DistContext, Sample, check_unique_ids, run_samples, samples_sha256
 
 logger = logging.getLogger(__name__)
@@ -294,6 +294,7 @@ def _finish(
         "arguments": dict(options.arguments or {}),
     }
     record = metrics_record(task.name, method_name(configs), model_id, _json_ready(metrics), _json_ready(full))
+    record["intervals"] = recorded_intervals(out, record, options.progress)  # from the files just written
     write_metrics(out, record)
     logger.info("wrote %s", out / "metrics.json")
     return record

@@ -82,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             **({"revision": args.revision} if args.revision else {}),
         )
         configs = build_configs(spec, model)
-        check_against_model(configs, model)
+        check_against_model(configs, model, processor)
         if spec.input_config is not None:
             configs.append(spec.input_config)
         execute = tasks.execute_chair if args.task == "chair" else tasks.execute_pope

@@ -124,7 +124,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     image = load_rgb(args.image or sample_image_path())
     # Built once: the figure and the --answer generation use the same configs (and log their warnings once).
     args.attention_configs = build_configs(args.method_spec, model)
-    check_against_model([*args.attention_configs, args.method_spec.input_config], model)
+    check_against_model([*args.attention_configs, args.method_spec.input_config], model, processor)
     rows, summary = PANEL_BUILDERS[args.method](model, processor, image, args)
     figure = render_rows(rows)
     out.parent.mkdir(parents=True, exist_ok=True)

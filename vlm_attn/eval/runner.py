@@ -565,7 +565,7 @@ def run_samples(
         dist.barrier()
         torch.manual_seed(seed)
         input_config, attention_configs = split_methods(configs)
-        with apply(model, attention_configs) if attention_configs else contextlib.nullcontext():
+        with apply(model, attention_configs, processor=processor) if attention_configs else contextlib.nullcontext():
             generate_shard(model, processor, samples, rd, dist, batch_size, max_new_tokens, progress, input_config,
                            retry_errors)
         dist.barrier()

@@ -206,7 +206,7 @@ def check_against_model(configs: Sequence[Any], model: Any, processor: Any = Non
             except ValueError as exc:
                 raise UserError(f"head sensitivity: {' '.join(str(exc).split())}") from None
     _check_anchor_layers(configs, model)
-    _check_binds(configs, model)
+    _check_binds(configs, model, processor)
 
 
 def _check_anchor_layers(configs: Sequence[Any], model: Any) -> None:
@@ -225,7 +225,7 @@ def _check_anchor_layers(configs: Sequence[Any], model: Any) -> None:
                                 "family default")
 
 
-def _check_binds(configs: Sequence[Any], model: Any) -> None:
+def _check_binds(configs: Sequence[Any], model: Any, processor: Any = None) -> None:
     """Apply the attention configs and remove them at once (the model is restored exactly): what binding them to
     this model refuses (e.g. `layers` beyond its depth) is refused before anything is generated."""
     from ..api import apply

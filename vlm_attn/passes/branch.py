@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 _MAIN_KEYS = ("input_ids", "attention_mask")
+_NOT_INPUTS = ("labels",)  # PaliGemma's processor returns training labels: a forward given them computes a loss
 
 
 @dataclass
@@ -73,7 +74,7 @@ def prompt_tensors(inputs: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], 
     main = {"input_ids": ids, "attention_mask": mask if isinstance(mask, torch.Tensor) else torch.ones_like(ids)}
     per_token, prefill = {}, {}
     for key, value in inputs.items():
-        if key in _MAIN_KEYS or not isinstance(value, torch.Tensor):
+        if key in _MAIN_KEYS or key in _NOT_INPUTS or not isinstance(value, torch.Tensor):
             continue
         if value.shape == ids.shape:
             per_token[key] = value
@@ -211,6 +212,9 @@ class SecondBranch:
         positions: dict[str, Any] = {}
         if not self._state_modules:  # explicit positions: no model-level position state is read or written
             positions["position_ids"] = self.adapter.text_position_ids(self._mask, feed.shape[1])
+        elif self._cache is not None:  # M-RoPE decode: text positions shifted by the branch's own rope_deltas
+            text = self.adapter.text_position_ids(self._mask, feed.shape[1])
+            positions["position_ids"] = text + self._state[0].to(text.device)
         with self._unsteered(), self._own_position_state():
             out = self.model(
                 input_ids=feed,

@@ -200,3 +200,13 @@ def test_sampling_runs_the_contrast_before_the_warpers(load):
         out = generate(model, batch, 1, do_sample=True, temperature=0.5, top_p=1.0, top_k=0)
     noised = last_logits(model, variant("vcd", model, processor, batch))
     torch.testing.assert_close(out.scores[0], vcd_logits(out.logits[0], noised, 1.0, 0.1) / 0.5, atol=1e-4, rtol=0)
+
+
+def test_a_generate_without_the_branch_processor_is_reported(load):
+    model, processor = load("llava")
+    batch = inputs(processor, "llava")
+    with vlm_attn.apply(model, M3IDConfig()) as handle, torch.no_grad():
+        model.generate(**batch, max_new_tokens=3, do_sample=False)
+        assert handle.report()["guidance"] == "missing"
+        model.generate(**batch, max_new_tokens=3, do_sample=False, logits_processor=handle.logits_processor(batch))
+        assert handle.report()["guidance"] == "applied"

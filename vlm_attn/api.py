@@ -61,7 +61,8 @@ class Handle:
     def logits_processor(self, inputs: Mapping[str, Any]) -> Any:
         """A `LogitsProcessorList` for one `generate` call on `inputs`: what the applied configs need.
 
-        That is PAI/PAINT's image-free guidance when a config has `guidance=True` (VAR alone, or PAI/PAINT with
+        That is PAI/PAINT's image-free guidance when a config has `guidance=True`, and the contrastive decoder's
+        processor (VCD, ICD, M3ID; each with its own second branch) when one is active (VAR alone, or PAI/PAINT with
         guidance off, give an empty list). Pass it to an unchanged
         `model.generate(**inputs, logits_processor=handle.logits_processor(inputs))`, a new one for each call (it
         holds the image-free pass's own cache); `steered_generate` does exactly this.

@@ -54,7 +54,9 @@ def add_diffusion_noise(pixels: Tensor, step: int, seed: int, inputs: Mapping[st
     """``sqrt(abar_T) * pixels + sqrt(1 - abar_T) * eps``, eps drawn per image from ``torch.Generator().manual_seed(seed)``.
 
     Each image (a row of `pixels`, or a Qwen-VL patch group) gets its own draw from a freshly seeded generator, so
-    an image's noise does not depend on the batch it is in. Computed in float32, returned in `pixels`' dtype.
+    an image's noise does not depend on the batch it is in. Families whose rows are tiles (InternVL, LLaVA-NeXT's
+    and Idefics3's views sit in one row per image, InternVL's tiles one per row) draw per row, so InternVL's tiles
+    of one image share the pattern. Computed in float32, returned in `pixels`' dtype.
     """
     a, b = diffusion_coefficients(step)
     out = torch.empty_like(pixels)

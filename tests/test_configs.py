@@ -98,7 +98,8 @@ def test_from_dict_and_load_refusals(tmp_path):
 # ------------------------------------------------------------------------------------------- registry
 def test_registry_by_name():
     ours = {n for n, c in registry.config_classes().items() if issubclass(c, MethodConfig)}  # tests add others
-    assert ours == {"var", "pai", "paint", "funnel", "vicrop"}
+    contrastive = {"vcd", "icd", "m3id"}  # second-branch decoders (methods/vcd.py, icd.py, m3id.py)
+    assert ours == {"var", "pai", "paint", "funnel", "vicrop"} | contrastive
     assert set(registry.config_classes("input")) == {"funnel", "vicrop"}
     assert registry.lookup("PAINT").config is PAINTConfig
     with pytest.raises(KeyError, match="unknown method 'opera'; choose from: funnel, "):

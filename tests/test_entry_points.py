@@ -310,17 +310,19 @@ def _messages(image: Any, prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}]
 
 
-def test_pipeline_guidance_is_per_call_and_batched(tmp_path: Path):
-    """A left-padded pipeline batch of two prompts of different length gives each its guided single answer, twice."""
+@pytest.mark.parametrize("method", ["pai", "icd", "vcd"])
+def test_pipeline_guidance_is_per_call_and_batched(method: str, tmp_path: Path):
+    """A left-padded pipeline batch of two prompts of different length gives each its guided single answer, twice
+    (PAI's image-free branch, ICD's disturbed-prompt branch, VCD's noised-image branch)."""
     from .conftest import make_image
 
     model, processor = load_model("toy-vlm")
     other = tmp_path / "other.png"
     make_image(1, (96, 96)).save(other)
     samples = [(IMAGE, PROMPT), (other, "What is in the image?")]
-    expected = [vlm_attn.generate(model, processor, im, pr, methods=[vlm_attn.PAIConfig()],
+    expected = [vlm_attn.generate(model, processor, im, pr, methods=method_configs(method, model),
                                   max_new_tokens=NEW_TOKENS).text for im, pr in samples]
-    pipe = steered_pipeline(model, vlm_attn.PAIConfig(), processor=processor)
+    pipe = steered_pipeline(model, method_configs(method, model), processor=processor)
     try:
         for _ in range(2):  # the second call must not see the first call's guidance state
             batch = pipe(text=[_messages(str(im), pr) for im, pr in samples], batch_size=2,

@@ -587,7 +587,8 @@ def run_samples(
     method configs: attention methods are applied with ``vlm_attn.apply`` for the generation, and at most one
     input-level method (FunnelConfig / ViCropConfig) decides each sample's images through ``vlm_attn.generate``.
     ``retry_errors`` (with ``resume``) generates the samples recorded as errors again, replacing their records.
-    ``decoding`` is greedy by default (`Decoding` for seeded sampling). Each process holds its shard's writer lock while it works (a second run on the folder is refused). Returns the
+    ``decoding`` is greedy by default (`Decoding` for seeded sampling).
+    Each process holds its shard's writer lock while it works (a second run on the folder is refused). Returns the
     records on the main process and None on the others (which only generate their slice).
     """
     import torch

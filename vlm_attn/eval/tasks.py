@@ -277,7 +277,8 @@ def _finish(
         "task": dataclasses.asdict(task),
         **provenance,
         "seed": options.seed,
-        "generation": {"greedy": not options.do_sample, **options.decoding().record(), "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
+        "generation": {"greedy": not options.do_sample, **options.decoding().record(),
+                       "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
                        "padding_side": "left", "guidance": guidance_record(configs)},
         "n_samples": len(records),
         "errors": errors,
@@ -451,7 +452,8 @@ def execute_chair(
     records = run_samples(
         model, processor, list(plan.samples), out, _run_settings(plan, model, model_id, configs, options),
         configs=configs, batch_size=options.batch_size, max_new_tokens=plan.max_new_tokens, seed=options.seed,
-        resume=options.resume, progress=options.progress, dist=dist, decoding=options.decoding(), extra_files={IMAGE_LIST_FILE: plan.image_info},
+        resume=options.resume, progress=options.progress, dist=dist, decoding=options.decoding(),
+        extra_files={IMAGE_LIST_FILE: plan.image_info},
         retry_errors=options.retry_errors,
     )
     if records is None:
@@ -610,7 +612,8 @@ def execute_pope(
     records = run_samples(
         model, processor, list(plan.samples), out, _run_settings(plan, model, model_id, configs, options),
         configs=configs, batch_size=options.batch_size, max_new_tokens=plan.max_new_tokens, seed=options.seed,
-        resume=options.resume, progress=options.progress, dist=dist, decoding=options.decoding(), retry_errors=options.retry_errors,
+        resume=options.resume, progress=options.progress, dist=dist, decoding=options.decoding(),
+        retry_errors=options.retry_errors,
     )
     if records is None:
         return None

@@ -28,7 +28,9 @@ from .config import Number, setting
 from .contrastive import ContrastiveConfig, ContrastiveMethod, amplified_contrast
 from .registry import register_method
 
-__all__ = ["NUM_DIFFUSION_STEPS", "VCDConfig", "VCDMethod", "add_diffusion_noise", "diffusion_coefficients", "vcd_logits"]
+__all__ = [
+    "NUM_DIFFUSION_STEPS", "VCDConfig", "VCDMethod", "add_diffusion_noise", "diffusion_coefficients", "vcd_logits",
+]
 
 NUM_DIFFUSION_STEPS = 1000
 
@@ -51,7 +53,7 @@ def _image_parts(pixels: Tensor, inputs: Mapping[str, Any]) -> list[int]:
 
 
 def add_diffusion_noise(pixels: Tensor, step: int, seed: int, inputs: Mapping[str, Any] | None = None) -> Tensor:
-    """``sqrt(abar_T) * pixels + sqrt(1 - abar_T) * eps``, eps drawn per image from ``torch.Generator().manual_seed(seed)``.
+    """``sqrt(abar_T) * pixels + sqrt(1 - abar_T) * eps``, eps from ``torch.Generator().manual_seed(seed)`` per image.
 
     Each image (a row of `pixels`, or a Qwen-VL patch group) gets its own draw from a freshly seeded generator, so
     an image's noise does not depend on the batch it is in. Families whose rows are tiles (InternVL, LLaVA-NeXT's

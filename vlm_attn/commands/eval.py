@@ -36,7 +36,12 @@ def _add_run_args(p: argparse.ArgumentParser, default_tokens: int, token_note: s
                    help=f"generation length (default {default_tokens}{token_note})")
     p.add_argument("--limit", type=int, default=None,
                    help="run only the first N samples (CHAIR: images of the list; POPE: questions of each split)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image sample and of torch (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the image sample, of torch and (with --do-sample) of each batch's draws (default 0)")
+    p.add_argument("--do-sample", action="store_true",
+                   help="multinomial sampling instead of greedy decoding (VCD's and ICD's published protocols)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample; default 1)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --do-sample; default 1)")
     p.add_argument("--prompt", default=None, help="override the task's prompt (recorded in metrics.json)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
 
@@ -57,7 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         resume=args.resume, progress=not args.no_progress, revision=args.revision, command=sys.argv,
         arguments={k: v for k, v in vars(args).items()
                    if k != "func" and not (k.startswith("method__") and v is None)},  # unset method flags left out
-        retry_errors=args.retry_errors,
+        retry_errors=args.retry_errors, do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
     )
     tasks.check_options(options)
     spec = parse_method_args(args)  # method flags and --method-config, before any data or model is read
@@ -87,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             **({"revision": args.revision} if args.revision else {}),
         )
         configs = build_configs(spec, model)
-        check_against_model(configs, model)
+        check_against_model(configs, model, processor)
         if spec.input_config is not None:
             configs.append(spec.input_config)
         execute = tasks.execute_chair if args.task == "chair" else tasks.execute_pope
@@ -110,7 +115,7 @@ def register(sub: Any) -> None:
     ev = sub.add_parser(
         "eval",
         help="run CHAIR or POPE into a resumable run directory and write metrics.json",
-        description="Greedy, batched (left-padded) generation over a benchmark. Every finished sample is appended "
+        description="Greedy (or, with --do-sample, seeded sampling), batched (left-padded) generation over a benchmark. Every finished sample is appended "
                     "to the run directory at once, so a killed run continues with --resume without losing or "
                     "repeating a sample; under `accelerate launch` each process runs a slice and the main "
                     "process merges and scores. Unreadable images are recorded as errors and skipped "

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from .coco import (
 )
 from ..errors import UserError
 from .report import metrics_record, recorded_intervals, write_metrics
-from .runner import RUN_FILE, DistContext, Sample, check_unique_ids, run_samples, samples_sha256
+from .runner import RUN_FILE, Decoding, DistContext, Sample, check_unique_ids, run_samples, samples_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +268,13 @@ class RunOptions:
     command: Sequence[str] | None = None
     arguments: Mapping[str, Any] | None = None
     retry_errors: bool = False
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def decoding(self) -> Decoding:
+        """Greedy, or seeded multinomial sampling (``do_sample``) with ``temperature`` and ``top_p``."""
+        return Decoding(self.do_sample, float(self.temperature), float(self.top_p), self.seed)
 
 
 def _finish(
@@ -282,7 +290,8 @@ def _finish(
         "task": dataclasses.asdict(task),
         **provenance,
         "seed": options.seed,
-        "generation": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
+        "generation": {"greedy": not options.do_sample, **options.decoding().record(),
+                       "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
                        "padding_side": "left", "guidance": guidance_record(configs)},
         "n_samples": len(records),
         "errors": errors,
@@ -310,6 +319,18 @@ def check_options(options: RunOptions) -> None:
         raise UserError(f"--limit must be >= 1, got {options.limit} (omit it to run every sample)")
     if options.retry_errors and not options.resume:
         raise UserError("--retry-errors re-runs the failed samples of an existing run: pass --resume too")
+    if not math.isfinite(options.temperature) or options.temperature <= 0:
+        raise UserError(f"--temperature must be a number > 0, got {options.temperature} (1 samples from the model's "
+                        "distribution)")
+    if not math.isfinite(options.top_p) or not 0 < options.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {options.top_p} (1 keeps every token)")
+    if not options.do_sample and (options.temperature != 1.0 or options.top_p != 1.0):
+        raise UserError("--temperature and --top-p apply to sampling: add --do-sample (decoding is greedy without it)")
+
+
+def _decoding_settings(options: RunOptions) -> dict[str, Any]:
+    """What run.json records of the decoding: nothing for greedy (older greedy runs resume as they were)."""
+    return {"decoding": options.decoding().record()} if options.do_sample else {}
 
 
 def _warn_missing_images(samples: Sequence[Sample], where: Path) -> None:
@@ -470,7 +491,7 @@ def plan_chair(
         source = {"coco_root": str(coco.root)}
     check_unique_ids(samples, str(image_list or "the image list"))
     settings = {
-        "prompt": prompt, "limit": options.limit, "seed": options.seed,
+        "prompt": prompt, "limit": options.limit, "seed": options.seed, **_decoding_settings(options),
         "num_images": None if image_list is not None else num_images,
         "image_list": None if image_list is None else {"path": str(image_list), "sha256": list_info["sha256"]},
         **source,
@@ -492,7 +513,8 @@ def execute_chair(
     records = run_samples(
         model, processor, list(plan.samples), out, _run_settings(plan, model, model_id, configs, options),
         configs=configs, batch_size=options.batch_size, max_new_tokens=plan.max_new_tokens, seed=options.seed,
-        resume=options.resume, progress=options.progress, dist=dist, extra_files={IMAGE_LIST_FILE: plan.image_info},
+        resume=options.resume, progress=options.progress, dist=dist, decoding=options.decoding(),
+        extra_files={IMAGE_LIST_FILE: plan.image_info},
         retry_errors=options.retry_errors,
     )
     if records is None:
@@ -636,7 +658,8 @@ def plan_pope(
         _warn_missing_images(samples, Path(image_root))
     elif coco is not None:
         _warn_missing_images(samples, coco.image_dir)
-    settings = {"prompt": template, "limit": options.limit, "seed": options.seed, "splits": list(splits),
+    settings = {"prompt": template, "limit": options.limit, "seed": options.seed, **_decoding_settings(options),
+                "splits": list(splits),
                 "coco_root": str(coco.root) if coco is not None else None}
     if image_root is not None:
         settings["image_root"] = str(image_root)
@@ -657,7 +680,8 @@ def execute_pope(
     records = run_samples(
         model, processor, list(plan.samples), out, _run_settings(plan, model, model_id, configs, options),
         configs=configs, batch_size=options.batch_size, max_new_tokens=plan.max_new_tokens, seed=options.seed,
-        resume=options.resume, progress=options.progress, dist=dist, retry_errors=options.retry_errors,
+        resume=options.resume, progress=options.progress, dist=dist, decoding=options.decoding(),
+        retry_errors=options.retry_errors,
     )
     if records is None:
         return None

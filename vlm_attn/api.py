@@ -14,6 +14,7 @@ from torch import nn
 from .engine.engine import Engine
 from .methods.registry import build_method, check_unique
 from .passes.guidance import guidance_settings  # public here: which guidance a list of configs asks for
+from .passes.steering import connect as connect_steering
 from .patches.base import get_adapter
 
 logger = logging.getLogger(__name__)
@@ -145,9 +146,14 @@ def apply(model: nn.Module, configs: Any | Iterable[Any]) -> Handle:
     check_unique(config_list)  # two configs of one method would stack their edits
     guidance = guidance_settings(config_list)  # several guidance configs must agree (one guidance pass runs)
     methods = [build_method(c) for c in config_list]
+    connect_steering(model, adapter, methods)  # VISTA's steering-vector pass
     engine = Engine(model, adapter, methods)
     engine.expects_guidance = guidance is not None
-    engine.install()
+    try:
+        engine.install()
+    except Exception:
+        engine.remove()  # a method that cannot apply (e.g. a layer out of range) leaves the model as it was
+        raise
     handle = Handle(model, engine, config_list)
     setattr(model, HANDLE_ATTR, handle)
     return handle

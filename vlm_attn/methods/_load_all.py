@@ -3,3 +3,5 @@
 from . import var  # noqa: F401
 from . import pai, paint  # noqa: F401
 from . import funnel, vicrop  # noqa: F401
+from . import dola, only, vista  # noqa: F401
+

@@ -1,7 +1,7 @@
 """Every entry point runs exactly the same method (issue 11 §1): one sample, one method, identical text everywhere.
 
 For each method (VAR with the model's demo sink dims, PAI, PAINT, PAI without guidance, VAR + PAI + PAINT, the
-Visual Funnel, ViCrop) the same image and prompt go through `vlm_attn.generate`, `Handle.generate`,
+Visual Funnel, ViCrop, and the same-forward baselines DoLa, VISTA, ONLY, VAR + VISTA) the same image and prompt go through `vlm_attn.generate`, `Handle.generate`,
 `vlm_attn.steered_generate`, an unchanged `model.generate` with `handle.logits_processor(inputs)`, the CLI
 `generate`, the evaluation runner on a one-sample list, `inspect --answer` and the pipeline helper, wherever the
 entry point takes that method. All must give the same tokens. On the shipped toy model and tiny Qwen2-VL.
@@ -32,7 +32,9 @@ NEW_TOKENS = 8  # enough for PAI/PAINT guidance to change the text on both model
 PROMPT = "Please describe this image in detail."
 IMAGE = sample_image_path()
 INPUT_LEVEL = ("funnel", "vicrop")
-METHODS = ("var", "pai", "paint", "pai_noguide", "var+pai+paint", "funnel", "vicrop")
+SAME_FORWARD = ("dola", "vista", "only")  # they edit logits, not attention: nothing for `inspect` to picture
+METHODS = ("var", "pai", "paint", "pai_noguide", "var+pai+paint", "funnel", "vicrop", "dola", "vista", "only",
+           "var+vista")
 # method -> (CLI --method names, --method-config content)
 CLI_METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "var": (["var"], {}),
@@ -42,6 +44,10 @@ CLI_METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "var+pai+paint": (["var", "pai", "paint"], {}),
     "funnel": (["funnel"], {}),
     "vicrop": (["vicrop"], {}),
+    "dola": (["dola"], {}),
+    "vista": (["vista"], {"vista": {"strength": 0.5}}),
+    "only": (["only"], {}),
+    "var+vista": (["var", "vista"], {}),
 }
 
 
@@ -61,6 +67,10 @@ def method_configs(method: str, model: Any) -> list[Any]:
         "var+pai+paint": lambda: [var(), vlm_attn.PAIConfig(), vlm_attn.PAINTConfig()],
         "funnel": lambda: [vlm_attn.FunnelConfig()],
         "vicrop": lambda: [vlm_attn.ViCropConfig()],
+        "dola": lambda: [vlm_attn.DoLaConfig()],
+        "vista": lambda: [vlm_attn.VISTAConfig(strength=0.5)],
+        "only": lambda: [vlm_attn.ONLYConfig()],
+        "var+vista": lambda: [var(), vlm_attn.VISTAConfig()],
     }[method]()
 
 
@@ -190,8 +200,8 @@ def test_every_entry_point_gives_the_same_text(subject: Subject, method: str, tm
         for name, run in ATTENTION_ONLY.items():
             texts[name] = run(subject, method, tmp_path)
     for name, run in CLI_ENTRY_POINTS.items():
-        if name == "cli inspect --answer" and "+" in method:
-            continue  # inspect pictures one method at a time
+        if name == "cli inspect --answer" and ("+" in method or method in SAME_FORWARD):
+            continue  # inspect pictures one attention method at a time (refusal: tests/test_same_forward.py)
         texts[name] = run(subject, method, tmp_path, capsys, monkeypatch)
     assert not hasattr(subject.model, "_vlm_attn_handle"), "an entry point left its handle applied"
     reference = texts["vlm_attn.generate"]

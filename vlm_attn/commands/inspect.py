@@ -116,6 +116,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --out {out} must end in .png, .jpg or .webp")
     args.method_spec = parse_method_args(args)  # every method setting checked before the model is loaded
     args.method = args.method_spec.names[0]
+    if args.method not in PANEL_BUILDERS:
+        from ..errors import UserError
+
+        raise UserError(f"inspect pictures the attention of {', '.join(sorted(PANEL_BUILDERS))}; {args.method} edits "
+                        f"the decoded logits, not the attention map: run `vlm-attn generate --method {args.method}`")
     parse_layers(args.layers)
     check_model_args(args)
     check_images([args.image] if args.image else [])

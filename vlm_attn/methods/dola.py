@@ -47,7 +47,10 @@ def _check_dola_layers(name: str, value: Any) -> str | tuple[int, ...]:
 
 def _parse_dola_layers(value: str) -> str | tuple[int, ...]:
     value = value.strip()
-    return value if value in ("low", "high") else tuple(int(v) for v in value.split(",") if v.strip())
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        return value  # "low", "high", or a bad value that the config refuses with its message
 
 
 @dataclass(frozen=True)

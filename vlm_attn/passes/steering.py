@@ -23,8 +23,8 @@ from ..patches.base import FamilyAdapter
 
 __all__ = ["connect", "steering_vectors"]
 
-# forward arguments of the prefill that must not reach the uncached passes
-_CACHE_KEYS = ("cache", "past_key_values", "use_cache", "logits_to_keep", "cache_position")
+# forward arguments of the prefill that must not reach the uncached passes (no loss either)
+_CACHE_KEYS = ("cache", "past_key_values", "use_cache", "logits_to_keep", "cache_position", "labels")
 
 
 def _last_outputs(model: nn.Module, adapter: FamilyAdapter, kwargs: dict[str, Any]) -> Tensor:

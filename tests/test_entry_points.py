@@ -341,3 +341,21 @@ def test_transparent_image_is_the_same_picture_everywhere(tmp_path: Path, capsys
     texts["PIL image"] = vlm_attn.generate(model, processor, rgba, PROMPT, methods=[vlm_attn.PAIConfig()],
                                            max_new_tokens=NEW_TOKENS).text
     assert len(set(texts.values())) == 1, {k: v for k, v in texts.items() if v != texts["vlm_attn.generate"]}
+
+
+@pytest.mark.parametrize("method", SAME_FORWARD)
+def test_eval_chair_runs_the_same_forward_methods(method: str, tmp_path: Path):
+    """`vlm-attn eval chair --method dola|vista|only` generates what `vlm_attn.generate` does, and records it."""
+    model, processor = load_model("toy-vlm")
+    coco = _mini_coco(tmp_path / "coco")
+    out = tmp_path / "run"
+    assert main(["eval", "chair", "--model", "toy-vlm", "--method", method, "--coco-root", str(coco), "--out",
+                 str(out), "--max-new-tokens", str(NEW_TOKENS), "--lemmatizer", "offline", "--no-progress"]) == 0
+    output = json.loads((out / "samples.jsonl").read_text().splitlines()[0])["output"]
+    config = {"dola": vlm_attn.DoLaConfig, "vista": vlm_attn.VISTAConfig, "only": vlm_attn.ONLYConfig}[method]()
+    expected = vlm_attn.generate(model, processor, IMAGE, PROMPT, methods=[config], max_new_tokens=NEW_TOKENS).text
+    plain = vlm_attn.generate(model, processor, IMAGE, PROMPT, max_new_tokens=NEW_TOKENS).text
+    assert output == expected
+    assert expected != plain  # the method changed the caption, so a run that dropped it would be caught
+    prov = json.loads((out / "metrics.json").read_text())["provenance"]
+    assert prov["methods"][0]["config"] == config.to_dict()

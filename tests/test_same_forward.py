@@ -141,6 +141,15 @@ def test_vista_sla_alone_and_the_last_layer_window(load):
     torch.testing.assert_close(out, sla_logits(ref.logits, window, 0.4), atol=1e-5, rtol=1e-5)
     out, _, _ = steered(model, VISTAConfig(strength=0.0, sla_mix=0.4, sla_layers=(1, 3), sla_norm=True), batch)
     torch.testing.assert_close(out, sla_logits(ref.logits, normed.mean(0), 0.4), atol=1e-5, rtol=1e-5)
+    # a soft-capped head (Gemma 2) mixes logits after the forward instead of hidden states: here (Llama ignores the
+    # cap) both ways must agree
+    text = model.config.get_text_config()
+    text.final_logit_softcapping = 30.0
+    try:
+        capped, _, _ = steered(model, VISTAConfig(strength=0.0, sla_mix=0.4, sla_layers=(1, 3)), batch)
+    finally:
+        text.final_logit_softcapping = None
+    torch.testing.assert_close(capped, sla_logits(ref.logits, window, 0.4), atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- ONLY

@@ -10,6 +10,9 @@ combine those with the forward's logits. `ReadoutMethod` installs the hooks that
 * pre-hooks on the decoder layers whose *input* a method reads (`hidden_states[j]` in transformers' numbering:
   j = 0 is the embedding output, j = i the output of layer i - 1), and a pre-hook on the final norm for the last
   layer's output before the norm;
+* optionally, extra rows for the model's own LM head call (`head_rows`): a pre-hook on the LM head appends them to
+  its input and a forward hook splits them off its output, so the early-layer read-outs share the one pass over the
+  head's weight that a decode step makes anyway (a decode step is bound by reading weights, not by the rows);
 * a forward hook on the top model that hands the kept states and the forward's logits to `rewrite` and puts the
   result in `output.logits`, so an unchanged `model.generate` (greedy, sampling, any logits processor after it)
   decodes from the combined logits.
@@ -54,6 +57,7 @@ class ReadoutMethod(AttentionMethod, ABC):
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._step: dict[Any, Tensor] | None = None  # the states kept in the forward now running
         self._keep: int | None = None  # how many trailing positions the forward returns logits for (None: all)
+        self._head_positions: int | None = None  # positions the forward's LM head call reads
 
     # ---------------------------------------------------------------- what a subclass provides
     @property
@@ -63,6 +67,11 @@ class ReadoutMethod(AttentionMethod, ABC):
     def layer_inputs(self) -> tuple[int, ...]:
         """Decoder layers whose input hidden state (`hidden_states[j]`) `rewrite` reads."""
         return ()
+
+    def head_rows(self, head_input: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
+        """Extra (B, E, D) rows to read out with the forward's own LM head call (its input `head_input` (B, N, D) is
+        the final norm's output at the returned positions); their logits reach `rewrite` as ``states["head"]``."""
+        return None
 
     @abstractmethod
     def rewrite(self, logits: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
@@ -84,6 +93,10 @@ class ReadoutMethod(AttentionMethod, ABC):
             self._hooks.append(layers[idx].register_forward_pre_hook(self._keeper(("in", idx)), with_kwargs=True))
         if self.reads_final:
             self._hooks.append(self.norm.register_forward_pre_hook(self._keeper("final"), with_kwargs=True))
+        if type(self).head_rows is not ReadoutMethod.head_rows:
+            self._hooks.append(self.head.register_forward_pre_hook(self._head_in))
+            # prepend: with several methods appending rows, the last one to append is the first to split its rows off
+            self._hooks.append(self.head.register_forward_hook(self._head_out, prepend=True))
         self._hooks.append(model.register_forward_hook(self._end, with_kwargs=True))
 
     def resolve(self, num_layers: int) -> None:
@@ -110,6 +123,12 @@ class ReadoutMethod(AttentionMethod, ABC):
             return
         keep = kwargs.get("logits_to_keep", 0)
         self._keep = keep if isinstance(keep, int) and keep > 0 else None
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is None:
+            tokens = kwargs.get("inputs_embeds")
+        # rows of the LM head's own input (other methods may append theirs after them)
+        self._head_positions = None if tokens is None else (
+            tokens.shape[1] if self._keep is None else min(self._keep, tokens.shape[1]))
         self._step = {}
 
     def _keeper(self, key: Any):
@@ -117,11 +136,29 @@ class ReadoutMethod(AttentionMethod, ABC):
             if self._step is None or self.paused():
                 return
             hidden = args[0] if args else kwargs.get("hidden_states")
-            if hidden is None:
+            if hidden is None or key in self._step:  # the forward's own call comes first (a read-out may reuse norm)
                 return
             self._step[key] = hidden if self._keep is None else hidden[:, -self._keep :]
 
         return hook
+
+    def _head_in(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self._step is None or "head_rows" in self._step or not args or self.paused():
+            return None
+        x = args[0]
+        with torch.no_grad():
+            extra = self.head_rows(x[:, : self._head_positions], self._step)
+        if extra is None:
+            return None
+        self._step["head_rows"] = (x.shape[1], extra.shape[1])
+        return (torch.cat([x, extra.to(x.dtype)], dim=1), *args[1:])
+
+    def _head_out(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        if self._step is None or "head_rows" not in self._step or "head" in self._step:
+            return None
+        start, count = self._step["head_rows"]
+        self._step["head"] = output[:, start : start + count].float()
+        return output[:, :start]
 
     def _end(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         if self._step is None or self.paused():
@@ -131,7 +168,8 @@ class ReadoutMethod(AttentionMethod, ABC):
         if logits is None:
             return None
         n = logits.shape[1]
-        states = {k: v[:, -n:] for k, v in states.items()}
+        states = {k: v[:, -n:] if k == "final" or (isinstance(k, tuple) and k[0] == "in") else v
+                  for k, v in states.items()}
         new = self.rewrite(logits, states)
         if new is None:
             return None

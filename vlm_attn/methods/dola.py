@@ -175,11 +175,16 @@ class DoLaMethod(ReadoutMethod):
     def layer_inputs(self) -> tuple[int, ...]:
         return self.candidates
 
-    def rewrite(self, logits: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
+    def head_rows(self, head_input: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
         if any(("in", j) not in states for j in self.candidates):
             return None
-        early = torch.stack([self.read_out(states[("in", j)][:, -1], self.config.premature_norm)
-                             for j in self.candidates])
+        rows = torch.stack([states[("in", j)][:, -1] for j in self.candidates], dim=1)  # (B, J, D)
+        return self.norm(rows) if self.config.premature_norm else rows
+
+    def rewrite(self, logits: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
+        if "head" not in states:
+            return None
+        early = states["head"].transpose(0, 1)  # (J, B, V): the candidates' read-outs from the LM head call
         new, chosen = dola_logits(logits[:, -1], early, self.config.alpha, self.config.relative_top,
                                   self.config.per_sample)
         call = self.call()

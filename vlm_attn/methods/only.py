@@ -132,8 +132,6 @@ def _mlp_block(layer: nn.Module, u: Tensor) -> Tensor:
 class ONLYMethod(ReadoutMethod):
     """Reads the last row's attention at `layer` (no edit), builds the branch there, fuses at the forward's end."""
 
-    reads_final = True
-
     def __init__(self, config: ONLYConfig):
         super().__init__()
         self.config = config
@@ -194,22 +192,25 @@ class ONLYMethod(ReadoutMethod):
         visible = (view.key_pos <= view.query_pos[-1])[None, :]
         return text & visible, view.image_keys & visible
 
-    # the fusion, at the forward's end
-    def rewrite(self, logits: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
-        needed = ("branch", "valid", ("in", self.num_layers - 1), "final")
-        if any(k not in states for k in needed):
+    # the branch's hidden state, read out with the forward's own LM head call (its input is norm(h_L))
+    def head_rows(self, head_input: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
+        last = ("in", self.num_layers - 1)
+        if "branch" not in states or last not in states:
             return None
         layer = self.last_layer
-        with torch.no_grad():
-            residual = states[("in", self.num_layers - 1)][:, -1:]
-            u = layer.input_layernorm(states["branch"].to(residual.dtype)) + self.config.residual_mix * residual
-            z = _mlp_block(layer, u)
-            hidden = self.norm(z) + self.config.final_mix * self.norm(states["final"][:, -1:])
-            branch = self.head(hidden)[:, -1].float()
+        residual = states[last][:, -1:]
+        u = layer.input_layernorm(states["branch"].to(residual.dtype)) + self.config.residual_mix * residual
+        return self.norm(_mlp_block(layer, u)) + self.config.final_mix * head_input[:, -1:]
+
+    # the fusion, at the forward's end
+    def rewrite(self, logits: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
+        if "head" not in states or "valid" not in states:
+            return None
+        branch = states["head"][:, 0]
         fused, d = only_fuse(logits[:, -1], branch, self.config.alpha_pos, self.config.alpha_neg,
                              self.config.gamma, self.config.beta)
         out = logits.float().clone()
-        valid = states["valid"][:, -1]
+        valid = states["valid"][:, 0]
         out[:, -1] = torch.where(valid[:, None], fused, out[:, -1])
         call = self.call()
         if call is not None:

@@ -12,8 +12,9 @@ Two parts, both inside the normal forward (no extra pass per token):
 
 * **Self-logits augmentation (SLA).** The logits are mixed with the LM head's read-out of a window of late layers:
   ``logits = mix * mean_{i in window} lm_head(H_i) + (1 - mix) * logits`` where ``H_i`` is the output of decoder
-  layer i, read without the final norm like the official code (``sla_norm`` adds it). Without the norm the mean is
-  taken over hidden states and read out once (the LM head is linear: the same value, one projection instead of W).
+  layer i, read without the final norm like the official code (``sla_norm`` adds it). The LM head is linear, so the
+  mix is applied to the final norm's output and read out by the model's own head call: the same value, with no
+  extra projection (a soft-capped head, Gemma 2, is not linear: there the logits are mixed after the forward).
 
 Where we differ from the official code: the rank-1 PCA it fits to one difference is degenerate (the centred matrix
 is zero) and adds an arbitrary unit vector over all layers' coordinates; we use the difference itself. The rotated
@@ -83,7 +84,9 @@ def steer_mlp_output(m: Tensor, v: Tensor, strength: float) -> Tensor:
 
 
 def sla_logits(final_logits: Tensor, window_logits: Tensor, mix: float) -> Tensor:
-    """``mix * window_logits + (1 - mix) * final_logits`` in float32 (`window_logits`: the window's mean read-out)."""
+    """``mix * window_logits + (1 - mix) * final_logits`` in float32 (`window_logits`: the window's mean read-out).
+
+    The same mix applies to hidden states before a linear LM head (the method mixes there when it can)."""
     return mix * window_logits.float() + (1.0 - mix) * final_logits.float()
 
 
@@ -130,6 +133,10 @@ class VISTAMethod(ReadoutMethod):
             default_sla_layers(num_layers) if window is None else check_layer_range("VISTAConfig.sla_layers", window,
                                                                                     num_layers, what))
         self.reads_final = num_layers - 1 in self.window
+        # The LM head is linear, so mixing read-outs equals reading out the mixed hidden state: the mix is done on
+        # the final norm's output and the model's own head call reads it out (no extra pass over the head's weight).
+        # A soft-capped head (Gemma 2) is not linear: there the logits are mixed after the forward.
+        self.hidden_sla = getattr(self.adapter.text_config(), "final_logit_softcapping", None) is None
         if self.steered and self.vector_source is None:
             raise ValueError("VISTA's steering needs its steering-vector pass: apply it with vlm_attn.apply(model, "
                              "VISTAConfig(...)), which connects the pass")
@@ -142,6 +149,8 @@ class VISTAMethod(ReadoutMethod):
         layers = adapter.decoder_layers()
         for idx in self.steered:
             self._hooks.append(layers[idx].mlp.register_forward_hook(self._steerer(idx)))
+        if self.window and self.hidden_sla:
+            self._hooks.append(self.norm.register_forward_hook(self._mix_hidden))
 
     def unbind(self) -> None:
         super().unbind()
@@ -171,10 +180,30 @@ class VISTAMethod(ReadoutMethod):
 
         return hook
 
-    def rewrite(self, logits: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
-        if not self.window:
+    def _window_keys(self) -> list[Any]:
+        return [("in", i + 1) if i + 1 < self.num_layers else "final" for i in self.window]
+
+    def _mix_hidden(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        """SLA on the final norm's output: ``mix * mean_i H_i + (1 - mix) * norm(h_L)`` at the kept positions."""
+        step = self._step
+        if step is None or "sla" in step or self.paused() or not isinstance(output, Tensor):
             return None
-        keys = [("in", i + 1) if i + 1 < self.num_layers else "final" for i in self.window]
+        step["sla"] = True  # the forward's own norm call only (read-outs may call the norm again)
+        keys = self._window_keys()
+        if any(k not in step for k in keys):
+            return None
+        n = step[keys[0]].shape[1]
+        with torch.no_grad():
+            window = torch.stack([(self.norm(step[k]) if self.config.sla_norm else step[k]).float()
+                                  for k in keys]).mean(dim=0)
+        out = output.clone()
+        out[:, -n:] = sla_logits(output[:, -n:], window, self.config.sla_mix).to(output.dtype)
+        return out
+
+    def rewrite(self, logits: Tensor, states: dict[Any, Tensor]) -> Tensor | None:
+        if not self.window or self.hidden_sla:
+            return None
+        keys = self._window_keys()
         if any(k not in states for k in keys):
             return None
         if self.config.sla_norm:

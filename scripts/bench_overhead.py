@@ -12,6 +12,8 @@ over 32 new tokens and peak memory, each as a ratio to vanilla SDPA:
                             capture shows in its prefill ratio, target <= 1.05x)
 - pai+guidance, ...         with the image-free guidance pass (a second forward per step: compare with 2x)
   (select with --variants sdpa,pai,paint,pai+guidance,paint+guidance)
+- dola, vista, only         the same-forward baselines with their defaults (target: decode <= 1.15x, peak memory
+                            <= 1.05x; VISTA's prefill carries its two steering-vector prefills)
 
 How time is measured: every generate call carries a `bench_timing.StepClock` in `stopping_criteria`. generate
 calls stopping criteria once per new token AFTER the forward, all logits processors (the guidance variants' own
@@ -100,10 +102,11 @@ def make_inputs(device: str):
             "pixel_values": pixels.to(device)}
 
 
-VARIANTS = ("sdpa", "eager", "peer", "var", "pai", "paint", "pai+guidance", "paint+guidance")
+VARIANTS = ("sdpa", "eager", "peer", "var", "pai", "paint", "pai+guidance", "paint+guidance", "dola", "vista", "only")
 NAMES = {"sdpa": "vanilla SDPA", "eager": "vanilla eager", "peer": "peer style (eager + outputs)",
          "var": "VAR (vlm-attn)", "pai": "PAI, no guidance", "paint": "PAINT, no guidance",
-         "pai+guidance": "PAI + guidance (vs 2x)", "paint+guidance": "PAINT + guidance (vs 2x)"}
+         "pai+guidance": "PAI + guidance (vs 2x)", "paint+guidance": "PAINT + guidance (vs 2x)",
+         "dola": "DoLa (low layers)", "vista": "VISTA (VSV + SLA)", "only": "ONLY"}
 
 
 def attach(model, variant: str):
@@ -117,7 +120,9 @@ def attach(model, variant: str):
     method = variant.split("+")[0]
     config = {"var": lambda: vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3),
               "pai": lambda: vlm_attn.PAIConfig(alpha=0.2, guidance=guided),
-              "paint": lambda: vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=guided)}.get(method)
+              "paint": lambda: vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=guided),
+              "dola": lambda: vlm_attn.DoLaConfig(), "vista": lambda: vlm_attn.VISTAConfig(),
+              "only": lambda: vlm_attn.ONLYConfig()}.get(method)
     handle = vlm_attn.apply(model, config()) if config is not None else None
     return handle, extra
 

@@ -153,8 +153,9 @@ def test_vista_sla_alone_and_the_last_layer_window(load):
 
 
 # ------------------------------------------------------------------------------------------- ONLY
-def only_recomputed(model: Any, batch: Any, config: ONLYConfig) -> torch.Tensor:
-    """ONLY's fused last-position scores from one plain eager forward's attentions and hidden states."""
+def only_recomputed(model: Any, batch: Any, config: ONLYConfig, branch_only: bool = False) -> torch.Tensor:
+    """ONLY's fused last-position scores (or its branch logits l_cd) from one plain eager forward's attentions and
+    hidden states."""
     adapter = get_adapter(model)
     adapter.set_text_attn_implementation("eager")
     try:
@@ -182,6 +183,8 @@ def only_recomputed(model: Any, batch: Any, config: ONLYConfig) -> torch.Tensor:
         z = u + last.mlp(last.post_attention_layernorm(u))
         # hidden_states[L] is the normed final state
         cd = model.get_output_embeddings()(adapter.final_norm()(z) + config.final_mix * ref.hidden_states[n][:, -1:])
+    if branch_only:
+        return cd[:, -1]
     fused, _ = only_fuse(ref.logits[:, -1], cd[:, -1], config.alpha_pos, config.alpha_neg, config.gamma, config.beta)
     return fused
 
@@ -198,6 +201,23 @@ def test_only_equals_recomputation_from_eager_attentions(load, family, gamma):
     torch.testing.assert_close(out[:, -1], expected, atol=1e-4, rtol=1e-4)
     assert torch.equal(out[:, :-1], ref[:, :-1])
     assert report["only"]["collaborative_steps"] == (1 if gamma == 5.0 else 0)
+
+
+def test_dola_and_only_share_the_lm_head_call(load):
+    """Both append rows to the one LM head call; each gets its own rows back: ONLY then fuses DoLa's scores."""
+    model, proc = load("llava")
+    batch = one(proc, "llava")
+    only = ONLYConfig(gamma=5.0)
+    branch = only_recomputed(model, batch, only, branch_only=True)
+    ref = plain(model, batch, output_hidden_states=True)
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        early = torch.stack([head(ref.hidden_states[j][:, -1]) for j in (0, 2)])
+    dola, _ = dola_logits(ref.logits[:, -1], early)
+    expected, _ = only_fuse(dola, branch, only.alpha_pos, only.alpha_neg, only.gamma, only.beta)
+    out, report, _ = steered(model, [DoLaConfig(layers=(0, 2)), only], batch)
+    torch.testing.assert_close(out[:, -1], expected, atol=1e-4, rtol=1e-4)
+    assert report["only"]["steps"] == 1 and sum(report["dola"]["chosen_layer_counts"].values()) == 1
 
 
 # ------------------------------------------------------------------------------------------- engine properties

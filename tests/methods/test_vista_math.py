@@ -40,6 +40,10 @@ def test_rotation_keeps_dtype_and_broadcasts():
     v = torch.randn(2, 1, 8)
     out = steer_mlp_output(m, v, 0.2)
     assert out.dtype == torch.bfloat16 and out.shape == m.shape
+    # a pre-normalised direction (what the method passes at each step) gives the same rotation
+    m = torch.randn(2, 5, 8)
+    unit = torch.nn.functional.normalize(v, dim=-1)
+    torch.testing.assert_close(steer_mlp_output(m, unit, 0.2, unit=True), steer_mlp_output(m, v, 0.2))
 
 
 def test_sla_mix_by_hand():

@@ -70,17 +70,23 @@ def default_sla_layers(num_layers: int) -> tuple[int, ...]:
     return tuple(range(max(0, num_layers - 7), max(1, num_layers - 1)))
 
 
-def steer_mlp_output(m: Tensor, v: Tensor, strength: float) -> Tensor:
+def steer_mlp_output(m: Tensor, v: Tensor, strength: float, unit: bool = False) -> Tensor:
     """VISTA's norm-preserving rotation of MLP outputs `m` (..., D) toward the direction `v` (broadcasting).
 
     ``s = 1 + relu(cos(m, -v))``; ``m' = ||m|| * normalize(normalize(m) + strength * s * normalize(v))``, computed
-    in float32 and returned in `m`'s dtype.
+    in float32 and returned in `m`'s dtype. `unit`: `v` is already a unit vector (the method normalises each
+    layer's vector once per prompt, not at every step).
     """
-    m32, v32 = m.float(), v.float().to(m.device)
-    norm = m32.norm(dim=-1, keepdim=True)
-    m_hat, v_hat = F.normalize(m32, dim=-1), F.normalize(v32, dim=-1)
-    s = 1.0 + torch.relu(-(m_hat * v_hat).sum(dim=-1, keepdim=True))
-    return (norm * F.normalize(m_hat + strength * s * v_hat, dim=-1)).to(m.dtype)
+    m32 = m.float()
+    v_hat = v.float().to(m.device)
+    if not unit:
+        v_hat = F.normalize(v_hat, dim=-1)
+    norm = m32.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    m_hat = m32 / norm
+    cos = torch.linalg.vecdot(m_hat, v_hat, dim=-1).unsqueeze(-1)  # cos(m, v) = -cos(m, -v)
+    coef = torch.add(strength, cos.clamp(max=0.0), alpha=-strength)  # strength * (1 + relu(-cos))
+    d = torch.addcmul(m_hat, coef, v_hat)
+    return (d * (norm / d.norm(dim=-1, keepdim=True).clamp_min(1e-12))).to(m.dtype)
 
 
 def sla_logits(final_logits: Tensor, window_logits: Tensor, mix: float) -> Tensor:
@@ -115,6 +121,7 @@ class VISTAMethod(ReadoutMethod):
         self.name = config.name
         self.vector_source: Callable[[dict[str, Any]], Tensor] | None = None
         self.vectors: Tensor | None = None  # (L, B, D) of the call now running
+        self.directions: Tensor | None = None  # the same, as unit vectors
         self.steered: tuple[int, ...] = ()
         self.window: tuple[int, ...] = ()
 
@@ -154,7 +161,7 @@ class VISTAMethod(ReadoutMethod):
 
     def unbind(self) -> None:
         super().unbind()
-        self.vectors = None
+        self.vectors = self.directions = None
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if self.paused():
@@ -166,17 +173,18 @@ class VISTAMethod(ReadoutMethod):
             if args and "input_ids" not in full:
                 full["input_ids"] = args[0]
             self.vectors = self.vector_source(full)
+            self.directions = F.normalize(self.vectors, dim=-1)
         super()._begin(module, args, kwargs)
 
     def _steerer(self, idx: int):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
             if self.vectors is None or self.paused() or not isinstance(output, Tensor):
                 return None
-            v = self.vectors[idx]
+            v = self.directions[idx]
             if v.shape[0] != output.shape[0]:
                 raise ValueError(f"VISTA's steering vectors were made for a batch of {v.shape[0]} but the forward "
                                  f"runs {output.shape[0]} rows: start each generate from its prompt")
-            return steer_mlp_output(output, v[:, None, :], self.config.strength)
+            return steer_mlp_output(output, v[:, None, :], self.config.strength, unit=True)
 
         return hook
 

@@ -180,7 +180,10 @@ def only_recomputed(model: Any, batch: Any, config: ONLYConfig, branch_only: boo
         branch = attn.o_proj(heads.transpose(1, 2).reshape(b, 1, -1))
         last = layers[n - 1]
         u = last.input_layernorm(branch) + config.residual_mix * ref.hidden_states[n - 1][:, -1:]
-        z = u + last.mlp(last.post_attention_layernorm(u))
+        if hasattr(last, "pre_feedforward_layernorm"):  # Gemma: its own norms around the MLP
+            z = u + last.post_feedforward_layernorm(last.mlp(last.pre_feedforward_layernorm(u)))
+        else:
+            z = u + last.mlp(last.post_attention_layernorm(u))
         # hidden_states[L] is the normed final state
         cd = model.get_output_embeddings()(adapter.final_norm()(z) + config.final_mix * ref.hidden_states[n][:, -1:])
     if branch_only:
@@ -189,7 +192,7 @@ def only_recomputed(model: Any, batch: Any, config: ONLYConfig, branch_only: boo
     return fused
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
 @pytest.mark.parametrize("gamma", [0.2, 5.0])  # contrastive (the tiny models' d is ~0.5) and collaborative
 def test_only_equals_recomputation_from_eager_attentions(load, family, gamma):
     model, proc = load(family)

@@ -17,6 +17,13 @@ def test_outliers_above_mean_plus_std_are_zeroed():
     group = torch.tensor([[True, True, True, True, False]])
     out = drop_outliers(w, group)
     assert torch.equal(out, torch.tensor([[[0.1, 0.1, 0.1, 0.0, 0.2]]]))  # key 4 lies outside the group: kept
+    # two disjoint groups stacked are treated one by one, in one pass
+    w2 = torch.tensor([[[0.1, 0.1, 0.1, 0.5, 0.2, 0.9]]])
+    text = torch.tensor([[True, True, True, True, False, False]])
+    image = torch.tensor([[False, False, False, False, True, True]])
+    assert torch.equal(drop_outliers(w2, torch.stack([text, image])), drop_outliers(drop_outliers(w2, text), image))
+    # image group (0.2, 0.9): mean 0.55, unbiased std 0.495 -> bound 1.045, nothing zeroed there
+    assert torch.equal(drop_outliers(w2, torch.stack([text, image])), torch.tensor([[[0.1, 0.1, 0.1, 0.0, 0.2, 0.9]]]))
     # equal weights: std 0, nothing strictly above the mean
     assert torch.equal(drop_outliers(torch.full((1, 1, 3), 0.2), torch.ones(1, 3, dtype=torch.bool)),
                        torch.full((1, 1, 3), 0.2))

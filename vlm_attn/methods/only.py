@@ -77,30 +77,28 @@ def drop_outliers(weights: Tensor, group: Tensor) -> Tensor:
     """`weights` (B, H, K) with every weight of the `group` keys (B, K) above the group's mean + std zeroed.
 
     Mean and (unbiased) standard deviation are taken per sample and head over the group's keys only; keys outside
-    the group are left as they are.
+    the group are left as they are. `group` may also stack G disjoint groups (G, B, K): each is treated on its own,
+    in one pass (the text and the image keys of ONLY).
     """
-    g = group[:, None, :].to(weights.dtype)
-    n = g.sum(dim=-1, keepdim=True)
-    mean = (weights * g).sum(dim=-1, keepdim=True) / n.clamp_min(1)
-    var = (((weights - mean) ** 2) * g).sum(dim=-1, keepdim=True) / (n - 1).clamp_min(1)
-    outlier = group[:, None, :] & (weights > mean + var.sqrt())
-    return weights.masked_fill(outlier, 0.0)
-
-
-def _entropy(weights: Tensor, group: Tensor) -> Tensor:
-    w = weights * group[:, None, :].to(weights.dtype)
-    p = w / w.sum(dim=-1, keepdim=True)
-    return -(p * torch.log(p + 1e-6)).sum(dim=-1)  # NaN when the group holds no weight
+    g = group[..., None, :]  # (B | G x B, 1, K)
+    gf = g.to(weights.dtype)
+    n = gf.sum(dim=-1, keepdim=True)
+    mean = (weights * gf).sum(dim=-1, keepdim=True) / n.clamp_min(1)
+    var = (((weights - mean) ** 2) * gf).sum(dim=-1, keepdim=True) / (n - 1).clamp_min(1)
+    outlier = g & (weights > mean + var.sqrt())
+    return weights.masked_fill(outlier.any(dim=0) if group.dim() == 3 else outlier, 0.0)
 
 
 def text_visual_entropy_ratio(weights: Tensor, text: Tensor, image: Tensor) -> Tensor:
     """(B, H) TVER of outlier-zeroed weights (B, H, K): text-key entropy over image-key entropy (both renormalised).
 
-    A group without weight gives NaN entropy, read as 0 for text and inf for image (as the official code does).
+    ``H(p) = -sum p log(p + 1e-6)`` over each group's weights divided by their sum. A group without weight gives NaN
+    entropy, read as 0 for text and inf for image (as the official code does).
     """
-    h_text = torch.nan_to_num(_entropy(weights, text), nan=0.0)
-    h_image = torch.nan_to_num(_entropy(weights, image), nan=float("inf"))
-    return h_text / h_image
+    w = weights * torch.stack([text, image])[:, :, None, :].to(weights.dtype)  # (2, B, H, K)
+    p = w / w.sum(dim=-1, keepdim=True)
+    h = -(p * torch.log(p + 1e-6)).sum(dim=-1)  # (2, B, H); NaN for a group without weight
+    return torch.nan_to_num(h[0], nan=0.0) / torch.nan_to_num(h[1], nan=float("inf"))
 
 
 def only_fuse(logits: Tensor, branch: Tensor, alpha_pos: float, alpha_neg: float, gamma: float,
@@ -165,7 +163,7 @@ class ONLYMethod(ReadoutMethod):
         sel = rows.own & (rows.index == q_len - 1)  # (B, R): the last row of each sample with an image
         last = (probs * sel[:, None, :, None].to(probs.dtype)).sum(dim=2)  # (B, H, K)
         text, image = self._key_groups(view)
-        zeroed = drop_outliers(drop_outliers(last, text), image)
+        zeroed = drop_outliers(last, torch.stack([text, image]))  # disjoint groups: one pass
         tver = text_visual_entropy_ratio(zeroed, text, image)
         off = tver < tver.mean(dim=-1, keepdim=True)
         zeroed = zeroed.masked_fill(off[:, :, None], 0.0)

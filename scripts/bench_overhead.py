@@ -15,6 +15,8 @@ over 32 new tokens and peak memory, each as a ratio to vanilla SDPA:
 - vcd, icd, m3id, var+vcd   the contrastive decoders: a second branch (noised image / disturbed instruction / no
                             image) with its own KV cache, one extra forward per step (target: decode <= 2.05x;
                             peak memory <= 1.10x plus the second cache)
+- dola, vista, only         the same-forward baselines with their defaults (target: decode <= 1.15x, peak memory
+                            <= 1.05x; VISTA's prefill carries its two steering-vector prefills)
 
 How time is measured: every generate call carries a `bench_timing.StepClock` in `stopping_criteria`. generate
 calls stopping criteria once per new token AFTER the forward, all logits processors (the guidance variants' own
@@ -104,11 +106,12 @@ def make_inputs(device: str):
 
 
 VARIANTS = ("sdpa", "eager", "peer", "var", "pai", "paint", "pai+guidance", "paint+guidance", "vcd", "icd", "m3id",
-            "var+vcd")
+            "var+vcd", "dola", "vista", "only")
 NAMES = {"sdpa": "vanilla SDPA", "eager": "vanilla eager", "peer": "peer style (eager + outputs)",
          "var": "VAR (vlm-attn)", "pai": "PAI, no guidance", "paint": "PAINT, no guidance",
          "pai+guidance": "PAI + guidance (vs 2x)", "paint+guidance": "PAINT + guidance (vs 2x)",
-         "vcd": "VCD (vs 2x)", "icd": "ICD (vs 2x)", "m3id": "M3ID (vs 2x)", "var+vcd": "VAR + VCD (vs 2x)"}
+         "vcd": "VCD (vs 2x)", "icd": "ICD (vs 2x)", "m3id": "M3ID (vs 2x)", "var+vcd": "VAR + VCD (vs 2x)",
+         "dola": "DoLa (low layers)", "vista": "VISTA (VSV + SLA)", "only": "ONLY"}
 CONTRASTIVE = {"vcd", "icd", "m3id", "var+vcd"}  # second-branch decoders: +1 forward per step (own KV cache)
 
 
@@ -130,7 +133,9 @@ def attach(model, variant: str):
     method = variant.split("+")[0]
     config = {"var": lambda: vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3),
               "pai": lambda: vlm_attn.PAIConfig(alpha=0.2, guidance=guided),
-              "paint": lambda: vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=guided)}.get(method)
+              "paint": lambda: vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=guided),
+              "dola": lambda: vlm_attn.DoLaConfig(), "vista": lambda: vlm_attn.VISTAConfig(),
+              "only": lambda: vlm_attn.ONLYConfig()}.get(method)
     if variant in CONTRASTIVE:
         var = vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3)
         decoder = {"icd": vlm_attn.ICDConfig, "m3id": vlm_attn.M3IDConfig}.get(method, vlm_attn.VCDConfig)()

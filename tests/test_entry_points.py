@@ -1,7 +1,7 @@
 """Every entry point runs exactly the same method (issue 11 §1): one sample, one method, identical text everywhere.
 
 For each method (VAR with the model's demo sink dims, PAI, PAINT, PAI without guidance, VAR + PAI + PAINT, the
-Visual Funnel, ViCrop) the same image and prompt go through `vlm_attn.generate`, `Handle.generate`,
+Visual Funnel, ViCrop, and the same-forward baselines DoLa, VISTA, ONLY, VAR + VISTA) the same image and prompt go through `vlm_attn.generate`, `Handle.generate`,
 `vlm_attn.steered_generate`, an unchanged `model.generate` with `handle.logits_processor(inputs)`, the CLI
 `generate`, the evaluation runner on a one-sample list, `inspect --answer` and the pipeline helper, wherever the
 entry point takes that method. All must give the same tokens. On the shipped toy model and tiny Qwen2-VL.
@@ -33,7 +33,9 @@ PROMPT = "Please describe this image in detail."
 IMAGE = sample_image_path()
 INPUT_LEVEL = ("funnel", "vicrop")
 CONTRASTIVE = ("vcd", "icd", "m3id", "var+vcd")  # logits-level decoders: no attention picture for inspect
-METHODS = ("var", "pai", "paint", "pai_noguide", "var+pai+paint", "funnel", "vicrop", *CONTRASTIVE)
+SAME_FORWARD = ("dola", "vista", "only")  # they edit logits, not attention: nothing for `inspect` to picture
+METHODS = ("var", "pai", "paint", "pai_noguide", "var+pai+paint", "funnel", "vicrop", *CONTRASTIVE, *SAME_FORWARD,
+           "var+vista")
 # settings strong enough to change the 8 tokens of both test models (the defaults leave some unchanged)
 VCD = {"alpha": 3.0, "noise_step": 999}
 M3ID = {"lam": 0.5, "alpha": 1.0}
@@ -50,6 +52,10 @@ CLI_METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "icd": (["icd"], {}),
     "m3id": (["m3id"], {"m3id": M3ID}),
     "var+vcd": (["var", "vcd"], {"vcd": VCD}),
+    "dola": (["dola"], {}),
+    "vista": (["vista"], {"vista": {"strength": 0.5}}),
+    "only": (["only"], {}),
+    "var+vista": (["var", "vista"], {}),
 }
 
 
@@ -73,6 +79,10 @@ def method_configs(method: str, model: Any) -> list[Any]:
         "icd": lambda: [vlm_attn.ICDConfig()],
         "m3id": lambda: [vlm_attn.M3IDConfig(**M3ID)],
         "var+vcd": lambda: [var(), vlm_attn.VCDConfig(**VCD)],
+        "dola": lambda: [vlm_attn.DoLaConfig()],
+        "vista": lambda: [vlm_attn.VISTAConfig(strength=0.5)],
+        "only": lambda: [vlm_attn.ONLYConfig()],
+        "var+vista": lambda: [var(), vlm_attn.VISTAConfig()],
     }[method]()
 
 
@@ -202,8 +212,8 @@ def test_every_entry_point_gives_the_same_text(subject: Subject, method: str, tm
         for name, run in ATTENTION_ONLY.items():
             texts[name] = run(subject, method, tmp_path)
     for name, run in CLI_ENTRY_POINTS.items():
-        if name == "cli inspect --answer" and ("+" in method or method in CONTRASTIVE):
-            continue  # inspect pictures one attention method at a time
+        if name == "cli inspect --answer" and ("+" in method or method in CONTRASTIVE or method in SAME_FORWARD):
+            continue  # inspect pictures one attention method at a time (refusals: test_contrastive, test_same_forward)
         texts[name] = run(subject, method, tmp_path, capsys, monkeypatch)
     assert not hasattr(subject.model, "_vlm_attn_handle"), "an entry point left its handle applied"
     reference = texts["vlm_attn.generate"]
@@ -386,3 +396,21 @@ def test_transparent_image_is_the_same_picture_everywhere(tmp_path: Path, capsys
     texts["PIL image"] = vlm_attn.generate(model, processor, rgba, PROMPT, methods=[vlm_attn.PAIConfig()],
                                            max_new_tokens=NEW_TOKENS).text
     assert len(set(texts.values())) == 1, {k: v for k, v in texts.items() if v != texts["vlm_attn.generate"]}
+
+
+@pytest.mark.parametrize("method", SAME_FORWARD)
+def test_eval_chair_runs_the_same_forward_methods(method: str, tmp_path: Path):
+    """`vlm-attn eval chair --method dola|vista|only` generates what `vlm_attn.generate` does, and records it."""
+    model, processor = load_model("toy-vlm")
+    coco = _mini_coco(tmp_path / "coco")
+    out = tmp_path / "run"
+    assert main(["eval", "chair", "--model", "toy-vlm", "--method", method, "--coco-root", str(coco), "--out",
+                 str(out), "--max-new-tokens", str(NEW_TOKENS), "--lemmatizer", "offline", "--no-progress"]) == 0
+    output = json.loads((out / "samples.jsonl").read_text().splitlines()[0])["output"]
+    config = {"dola": vlm_attn.DoLaConfig, "vista": vlm_attn.VISTAConfig, "only": vlm_attn.ONLYConfig}[method]()
+    expected = vlm_attn.generate(model, processor, IMAGE, PROMPT, methods=[config], max_new_tokens=NEW_TOKENS).text
+    plain = vlm_attn.generate(model, processor, IMAGE, PROMPT, max_new_tokens=NEW_TOKENS).text
+    assert output == expected
+    assert expected != plain  # the method changed the caption, so a run that dropped it would be caught
+    prov = json.loads((out / "metrics.json").read_text())["provenance"]
+    assert prov["methods"][0]["config"] == config.to_dict()

@@ -24,7 +24,12 @@ from .test_families import ALL_FAMILIES
 
 PROMPT = "describe the image in detail"
 SINKS = dict(sink_dims=tuple(range(8)), tau=2.0)
-METHODS = ["var", "pai", "paint", "paint_heads"]
+METHODS = ["var", "pai", "paint", "paint_heads", "dola", "vista", "only"]
+SAME_FORWARD = {  # (zero strength: nothing installed, strong settings); issue 14
+    "dola": (lambda: vlm_attn.DoLaConfig(alpha=0.0), lambda: vlm_attn.DoLaConfig()),
+    "vista": (lambda: vlm_attn.VISTAConfig(strength=0.0, sla_mix=0.0), lambda: vlm_attn.VISTAConfig(strength=0.5)),
+    "only": (lambda: vlm_attn.ONLYConfig(alpha_pos=0.0, alpha_neg=0.0), lambda: vlm_attn.ONLYConfig()),
+}
 
 
 def inputs(processor: Any, family: str, seed: int = 0) -> Any:
@@ -49,6 +54,8 @@ def random_heads(model: Any, seed: int = 0) -> HeadSensitivity:
 
 def config(method: str, model: Any, strong: bool) -> Any:
     """The method's config: zero strength (a pure pass-through) or strong settings that move tiny-model logits."""
+    if method in SAME_FORWARD:
+        return SAME_FORWARD[method][strong]()
     if method == "var":
         return vlm_attn.VARConfig(p=1.0, rho=0.0, **SINKS) if strong else vlm_attn.VARConfig(p=0.0, **SINKS)
     if method == "pai":
@@ -59,7 +66,13 @@ def config(method: str, model: Any, strong: bool) -> Any:
 
 
 def acted(method: str, report: dict[str, Any]) -> bool:
-    """Whether the method's report shows that it edited attention."""
+    """Whether the method's report shows that it edited attention (or, for the same-forward ones, the logits)."""
+    if method == "dola":
+        return report["dola"]["active"] and sum(report["dola"]["chosen_layer_counts"].values()) == 1
+    if method == "vista":
+        return report["vista"]["active"] and min(min(row) for row in report["vista"]["vector_norms"]) > 0
+    if method == "only":
+        return report["only"]["active"] and report["only"]["steps"] == 1
     if method == "var":
         data = report["var"]
         return data["total_heads_redistributed"] > 0
@@ -97,12 +110,14 @@ GENERATION: dict[str, Callable[[Any], Any]] = {
     "pai": lambda m: vlm_attn.PAIConfig(alpha=3.0, guidance=False),
     "paint": lambda m: vlm_attn.PAINTConfig(alpha=3.0, beta=2.0, guidance=False),
     "paint_heads": lambda m: vlm_attn.PAINTConfig(alpha=3.0, beta=2.0, guidance=False, head_sensitivity=random_heads(m)),
+    **{name: (lambda m, make=strong: make()) for name, (_, strong) in SAME_FORWARD.items()},
 }
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_changes_greedy_generation(load, method):
-    family = {"var": "gemma3", "pai": "internvl", "paint": "idefics3", "paint_heads": "llava_onevision"}[method]
+    family = {"var": "gemma3", "pai": "internvl", "paint": "idefics3", "paint_heads": "llava_onevision",
+              "dola": "qwen2_5_vl", "vista": "llava_next", "only": "smolvlm"}[method]
     model, proc = load(family)
     for seed in range(4):
         batch = inputs(proc, family, seed=seed)

@@ -15,6 +15,7 @@ from .engine.engine import Engine
 from .methods.registry import build_method, check_unique
 from .passes.branch import check_contrast
 from .passes.guidance import guidance_settings  # public here: which guidance a list of configs asks for
+from .passes.steering import connect as connect_steering
 from .patches.base import get_adapter
 
 logger = logging.getLogger(__name__)
@@ -156,9 +157,14 @@ def apply(model: nn.Module, configs: Any | Iterable[Any], processor: Any = None)
     guidance = guidance_settings(config_list)  # several guidance configs must agree (one guidance pass runs)
     contrast = check_contrast(config_list, guidance is not None, processor)
     methods = [build_method(c) for c in config_list]
+    connect_steering(model, adapter, methods)  # VISTA's steering-vector pass
     engine = Engine(model, adapter, methods)
     engine.expects_guidance = guidance is not None or contrast
-    engine.install()
+    try:
+        engine.install()
+    except Exception:
+        engine.remove()  # a method that cannot apply (e.g. a layer out of range) leaves the model as it was
+        raise
     handle = Handle(model, engine, config_list, processor)
     setattr(model, HANDLE_ATTR, handle)
     return handle

@@ -352,4 +352,5 @@ def test_inspect_refuses_logit_methods_before_loading(capsys, monkeypatch, tmp_p
         main(["inspect", "--model", "toy-vlm", "--prompt", "hi", "--method", "dola", "--out", str(tmp_path / "a.png")])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "dola edits the decoded logits, not the attention map: run `vlm-attn generate --method dola`" in err
+    assert "--method dola changes the next-token logits, not attention, so there is nothing to picture" in err
+    assert err.endswith("or run vlm-attn generate --method dola") and "\n" not in err

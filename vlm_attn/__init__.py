@@ -10,12 +10,13 @@ from .generation import GenerationResult, funnel_decide, generate, vicrop_decide
 from .inspection import Inspection, LayerInspection, inspect_attention
 from .methods.funnel import FunnelConfig
 from .methods.vicrop import ViCropConfig
+from .methods.opera import OPERAConfig
 from .methods import HeadSensitivity, PAIConfig, PAINTConfig, VARConfig
 from .patches.base import UnsupportedModelError, supported_families
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FunnelConfig", "GenerationResult", "Handle", "HeadSensitivity", "Inspection", "LayerInspection", "PAIConfig", "PAINTConfig", "UnsupportedModelError", "VARConfig", "ViCropConfig", "apply",
+    "FunnelConfig", "GenerationResult", "Handle", "HeadSensitivity", "Inspection", "LayerInspection", "OPERAConfig", "PAIConfig", "PAINTConfig", "UnsupportedModelError", "VARConfig", "ViCropConfig", "apply",
     "funnel_decide", "generate", "inspect_attention", "remove", "steered_generate", "supported_families", "vicrop_decide", "__version__",
 ]

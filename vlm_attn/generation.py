@@ -32,7 +32,9 @@ from .methods.funnel import (
     funnel_portfolio,
 )
 from .methods.vicrop import ViCropConfig, build_attention_prompts, relative_map, vicrop_images, window_search
+from .methods.opera import OPERAConfig
 from .methods.registry import check_unique
+from .passes.opera_search import opera_decoding
 from .patches.base import FamilyAdapter, get_adapter
 from .prompting import build_inputs, load_image
 
@@ -284,6 +286,9 @@ def generate(
 ) -> GenerationResult:
     """Greedy generation on `images` and `prompt`, with input-level and attention methods.
 
+    An `OPERAConfig` in `methods` switches decoding to OPERA's beam search (`vlm_attn.passes.opera_search`); it
+    composes with the attention methods (OPERA then reads their steered attention rows).
+
     Args:
         model, processor: a supported VLM and its processor (`vlm_attn.load_model`).
         images: one image (path or PIL; any mode, converted to RGB) or a list. Input-level methods take one image.
@@ -302,6 +307,11 @@ def generate(
     from .api import HANDLE_ATTR, apply, steered_generate
 
     input_method, attention_configs = split_methods(methods)
+    decoding = [m for m in attention_configs if isinstance(m, OPERAConfig)]
+    attention_configs = [m for m in attention_configs if not isinstance(m, OPERAConfig)]
+    if decoding:  # OPERA replaces the decoding loop (model.generate's custom_generate), beams from its config
+        generate_kwargs = {**generate_kwargs, "num_beams": decoding[0].num_beams, "custom_generate": opera_decoding,
+                           "opera": decoding[0]}
     pictures = list(images) if isinstance(images, (list, tuple)) else [images]
     if not pictures:
         raise ValueError("generate needs at least one image")

@@ -133,6 +133,7 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
     model_kwargs = model._update_model_kwargs_for_generation(out, model_kwargs)
     logits = out.logits[:, -1, :].float()
     del out
+    _record_past(model_kwargs["cache"])
     prompt = (copy.deepcopy(model_kwargs["cache"]), dict(model_kwargs), checkpoint_call(model), logits.clone())
 
     cur_len, snapshots, counts, rejected = prompt_len, {}, {}, {}
@@ -194,12 +195,22 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
     return _outputs(generation_config, state, prompt_len, model_kwargs)
 
 
+def _record_past(cache: Any) -> None:
+    """Let sliding-window layers keep the states a look-ahead token pushes out, so `crop(-1)` can restore them."""
+    if not hasattr(cache, "crop") or not hasattr(cache, "reorder_cache"):
+        raise UserError(f"OPERA needs a cache that can be cropped and reordered, got {type(cache).__name__}: use the "
+                        "default dynamic cache (no cache_implementation)")
+    if hasattr(cache, "activate_past_recording"):
+        cache.activate_past_recording()
+
+
 def _main_forward(model, capture, state, cur_len, prompt_len, model_kwargs):
     """Feed each beam's newest token; append its attention row (response columns) to the beam's history."""
     flat = state["running"][0, :, :cur_len]
     inputs = model.prepare_inputs_for_generation(flat, next_sequence_length=1, **model_kwargs)
     out = model(**inputs, return_dict=True)
     model_kwargs = model._update_model_kwargs_for_generation(out, model_kwargs)
+    model_kwargs["cache"].crop(0)  # sliding-window layers recording their past: back to the window
     row, _ = capture.take()
     resp = normalise_rows(row.float())[:, prompt_len:cur_len]  # (beams, R)
     hist = state["hist"]
@@ -253,6 +264,7 @@ def _refeed(model, prompt, prefix, prompt_len):
     inputs = model.prepare_inputs_for_generation(prefix, next_sequence_length=new, **kwargs)
     out = model(**inputs, return_dict=True)
     kwargs = model._update_model_kwargs_for_generation(out, kwargs)
+    kwargs["cache"].crop(0)
     return out.logits[:, -1, :].float(), kwargs
 
 

@@ -1,0 +1,209 @@
+"""OPERA (issue 15): the rules on hand-built maps, the beam search against transformers', rollback, every family."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+
+import vlm_attn
+from vlm_attn.errors import UserError
+from vlm_attn.methods.config import ConfigError
+from vlm_attn.methods.opera import OPERAConfig, candidate_penalty, column_scores, rollback_target
+from vlm_attn.passes import opera_search
+from vlm_attn.passes.opera_search import opera_decoding
+from vlm_attn.prompting import build_inputs
+
+from .conftest import make_image
+from .test_families import ALL_FAMILIES
+
+PROMPT = "describe the image in detail"
+SCORED = dict(do_sample=False, return_dict_in_generate=True, output_scores=True)
+
+
+def batch(processor: Any, family: str = "llava", seed: int = 0) -> Any:
+    size = (112, 112) if family.startswith("qwen") else (80, 60)
+    return build_inputs(processor, [make_image(seed, size)], [PROMPT])
+
+
+# ------------------------------------------------------------------------------------------- rules
+def test_column_scores_hand_computed():
+    window = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.25, 0.25, 0.5]])
+    # phi_0 = (2*1)(2*0.5)(2*0.25) = 1; phi_1 = (2*0.5)(2*0.25) = 0.5; phi_2 = 2*0.5 = 1; prefactor 0.1
+    assert column_scores(window, 2.0, 0.1).tolist() == pytest.approx([0.1, 0.05, 0.1])
+
+
+def planted(length: int, column: int, weight: float = 0.9) -> torch.Tensor:
+    """A causal window where every row from `column` on puts `weight` on `column` (the rest spread evenly)."""
+    w = torch.zeros(length, length)
+    for i in range(length):
+        w[i, : i + 1] = 1.0 / (i + 1)
+        if i > column:
+            w[i, : i + 1] = (1 - weight) / i
+            w[i, column] = weight
+    return w
+
+
+def test_planted_column_is_penalised_and_located():
+    config = OPERAConfig(first_tokens=10)
+    over = planted(12, column=3)
+    flat = planted(12, column=3, weight=1 / 12)
+    pen, loc = candidate_penalty(torch.stack([over, flat]), torch.tensor([0.3, 0.3]), config)
+    assert loc[0] == 3
+    expected = 1e-7 * torch.prod(50.0 * over[3:, 3])
+    assert pen[0].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert pen[0] > 100 * pen[1]  # the over-trusting candidate gets the far larger penalty
+
+
+def test_first_tokens_use_image_reward():
+    config = OPERAConfig(first_tokens=10)
+    pen, _ = candidate_penalty(planted(10, column=3)[None], torch.tensor([0.25]), config)
+    assert pen.tolist() == [-0.25]  # length 10 <= first_tokens: minus the image attention mass
+
+
+def test_rollback_rule():
+    config = OPERAConfig(threshold=15, min_rollback_location=10, num_attn_candidates=5)
+    history = torch.full((3, 30), 2, dtype=torch.long)
+    history[:, -16:] = 12  # 16 > 15 in every beam
+    assert rollback_target(history, {}, config) == 12
+    assert rollback_target(history[:, 1:], {}, OPERAConfig(threshold=16)) is None  # 16 is not more than 16
+    assert rollback_target(history, {12: 5}, config) == 11  # cap reached: one position earlier
+    assert rollback_target(history, {12: 5, 11: 5}, config) is None
+    assert rollback_target(history, {}, OPERAConfig(rollback=False)) is None
+    one_short = history.clone()
+    one_short[1, -1] = 12
+    one_short[1, -5] = 2  # beam 1 holds it 15 times only
+    assert rollback_target(one_short, {}, config) is None
+    low = torch.full((3, 30), 7, dtype=torch.long)
+    assert rollback_target(low, {}, config) is None  # location 7 < min_rollback_location
+    assert rollback_target(low, {}, OPERAConfig(min_rollback_location=7)) == 7
+
+
+@pytest.mark.parametrize("bad", [dict(num_beams=1), dict(num_attn_candidates=0), dict(scale_factor=0.0),
+                                 dict(penalty_weight=-1.0), dict(normalise_over="beams"), dict(rollback=1)])
+def test_bad_settings(bad):
+    with pytest.raises(ConfigError, match="OPERAConfig"):
+        OPERAConfig(**bad)
+
+
+# ------------------------------------------------------------------------------------------- search
+def test_weight_zero_equals_transformers_beam_search(load):
+    model, processor = load("llava")
+    inputs = batch(processor)
+    for beams in (2, 3):
+        ref = model.generate(**inputs, num_beams=beams, max_new_tokens=10, **SCORED)
+        cfg = OPERAConfig(num_beams=beams, num_attn_candidates=2 * beams, penalty_weight=0.0, rollback=False,
+                          normalise_over="vocabulary")
+        out = model.generate(**inputs, num_beams=beams, max_new_tokens=10, custom_generate=opera_decoding,
+                             opera=cfg, **SCORED)
+        assert torch.equal(out.sequences, ref.sequences)
+        assert torch.allclose(out.sequences_scores, ref.sequences_scores, atol=1e-6)
+        assert not hasattr(model, "_vlm_attn_engine")  # the capture engine is gone afterwards
+
+
+def test_penalty_changes_the_search(load):
+    model, processor = load("llava")
+    inputs = batch(processor)
+    kw = dict(num_beams=2, max_new_tokens=12, custom_generate=opera_decoding, **SCORED)
+    plain = model.generate(**inputs, **kw, opera=OPERAConfig(num_beams=2, penalty_weight=0.0, rollback=False))
+    strong = model.generate(**inputs, **kw, opera=OPERAConfig(num_beams=2, penalty_weight=1e9, first_tokens=0,
+                                                               scale_factor=1e3, score_prefactor=1.0, rollback=False))
+    assert not torch.equal(plain.sequences, strong.sequences)
+
+
+def test_rollback_refeeds_the_named_prefix_and_matches_recomputation(load, monkeypatch):
+    model, processor = load("llava")
+    inputs = batch(processor)
+    prompt_len = inputs["input_ids"].shape[1]
+    fired, refed = [], []
+    real_target, real_refeed = opera_search.rollback_target, opera_search._refeed
+
+    def target_once(history, counts, config):  # name position 3 once, at the 7th response token
+        if history.shape[1] == 7 and not fired:
+            fired.append(True)
+            return 3
+        return real_target(history, counts, config)
+
+    def spy(model_, prompt, prefix, plen):
+        logits, kwargs = real_refeed(model_, prompt, prefix, plen)
+        with torch.no_grad():  # recomputation without cache, same prefix (the prompt's image inputs included)
+            full = {k: v.repeat_interleave(prefix.shape[0], 0) for k, v in inputs.items()}  # one row per beam
+            full["input_ids"] = prefix
+            full["attention_mask"] = torch.ones_like(prefix)
+            again = model_(**full, use_cache=False).logits[:, -1].float()
+        refed.append((prefix.shape[1], torch.allclose(logits, again, atol=1e-4)))
+        return logits, kwargs
+
+    monkeypatch.setattr(opera_search, "rollback_target", target_once)
+    monkeypatch.setattr(opera_search, "_refeed", spy)
+    out = model.generate(**inputs, num_beams=2, max_new_tokens=12, custom_generate=opera_decoding,
+                         opera=OPERAConfig(num_beams=2, num_attn_candidates=3), **SCORED)
+    assert refed == [(prompt_len + 3, True)]  # re-decides response index 3, on a cache equal to recomputation
+    assert out.sequences.shape[1] > prompt_len
+
+
+def test_default_rule_rolls_back_on_this_model(load, caplog):
+    model, processor = load("llava")
+    caplog.set_level(logging.DEBUG, logger="vlm_attn.passes.opera_search")
+    cfg = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=1, min_rollback_location=1, first_tokens=1)
+    out = model.generate(**batch(processor), num_beams=2, max_new_tokens=12, custom_generate=opera_decoding,
+                         opera=cfg)
+    assert any("rollback to response index" in r.message for r in caplog.records)
+    assert out.shape[1] > batch(processor)["input_ids"].shape[1]
+
+
+def test_bad_generate_settings_fail_before_any_forward(load):
+    model, processor = load("llava")
+    inputs = batch(processor)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        cases = [
+            (dict(num_beams=3, opera=OPERAConfig(num_beams=2)), "num_beams=3"),
+            (dict(num_beams=2, do_sample=True, opera=OPERAConfig(num_beams=2)), "do_sample=False"),
+            (dict(num_beams=2, use_cache=False, opera=OPERAConfig(num_beams=2)), "use_cache=True"),
+            (dict(num_beams=2, opera="fast"), "OPERAConfig"),
+        ]
+        for kwargs, message in cases:
+            with pytest.raises(UserError, match=message):
+                model.generate(**inputs, max_new_tokens=3, custom_generate=opera_decoding, **kwargs)
+        two = build_inputs(processor, [make_image(0), make_image(1)], [PROMPT, PROMPT])
+        with pytest.raises(UserError, match="once per prompt"):
+            model.generate(**two, num_beams=2, max_new_tokens=3, custom_generate=opera_decoding,
+                           opera=OPERAConfig(num_beams=2))
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_vlm_attn_generate_with_opera_and_var(load):
+    model, processor = load("llava")
+    image = make_image(0)
+    cfg = OPERAConfig(num_beams=2, num_attn_candidates=2)
+    alone = vlm_attn.generate(model, processor, image, PROMPT, methods=[cfg], max_new_tokens=6)
+    direct = model.generate(**batch(processor), num_beams=2, max_new_tokens=6, custom_generate=opera_decoding,
+                            opera=cfg)
+    n = batch(processor)["input_ids"].shape[1]
+    assert alone.text == processor.batch_decode(direct[:, n:], skip_special_tokens=True)[0].strip()
+    var = vlm_attn.VARConfig(sink_dims=tuple(range(8)), tau=2.0)
+    both = vlm_attn.generate(model, processor, image, PROMPT, methods=[cfg, var], max_new_tokens=6)
+    assert "var" in both.report and both.report["var"]
+    assert not hasattr(model, "_vlm_attn_handle")
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_every_family(load, family):
+    """Weight 0 equals transformers' beam search; the full method (rollback forced early) runs and stops."""
+    model, processor = load(family)
+    inputs = batch(processor, family)
+    kw = dict(num_beams=2, max_new_tokens=5, **SCORED)
+    ref = model.generate(**inputs, **kw)
+    zero = OPERAConfig(num_beams=2, num_attn_candidates=4, penalty_weight=0.0, rollback=False,
+                       normalise_over="vocabulary")
+    out = model.generate(**inputs, **kw, custom_generate=opera_decoding, opera=zero)
+    assert torch.equal(out.sequences, ref.sequences)
+    full = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=0, min_rollback_location=1, first_tokens=1)
+    out = model.generate(**inputs, **kw, custom_generate=opera_decoding, opera=full)
+    assert out.sequences.shape[1] > inputs["input_ids"].shape[1]

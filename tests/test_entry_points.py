@@ -13,6 +13,8 @@ the same through `vlm-attn eval chair`, and that metrics.json records the guidan
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +34,9 @@ NEW_TOKENS = 8  # enough for PAI/PAINT guidance to change the text on both model
 PROMPT = "Please describe this image in detail."
 IMAGE = sample_image_path()
 INPUT_LEVEL = ("funnel", "vicrop")
-METHODS = ("var", "pai", "paint", "pai_noguide", "var+pai+paint", "funnel", "vicrop")
+PER_SAMPLE = (*INPUT_LEVEL, "opera", "opera+var")  # not applied with vlm_attn.apply (no Handle paths)
+METHODS = ("var", "pai", "paint", "pai_noguide", "var+pai+paint", "funnel", "vicrop", "opera", "opera+var")
+OPERA_SMALL = {"num_beams": 2, "num_attn_candidates": 2}
 # method -> (CLI --method names, --method-config content)
 CLI_METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "var": (["var"], {}),
@@ -42,6 +46,8 @@ CLI_METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "var+pai+paint": (["var", "pai", "paint"], {}),
     "funnel": (["funnel"], {}),
     "vicrop": (["vicrop"], {}),
+    "opera": (["opera"], {"opera": OPERA_SMALL}),
+    "opera+var": (["opera", "var"], {"opera": OPERA_SMALL}),
 }
 
 
@@ -61,6 +67,8 @@ def method_configs(method: str, model: Any) -> list[Any]:
         "var+pai+paint": lambda: [var(), vlm_attn.PAIConfig(), vlm_attn.PAINTConfig()],
         "funnel": lambda: [vlm_attn.FunnelConfig()],
         "vicrop": lambda: [vlm_attn.ViCropConfig()],
+        "opera": lambda: [vlm_attn.OPERAConfig(**OPERA_SMALL)],
+        "opera+var": lambda: [vlm_attn.OPERAConfig(**OPERA_SMALL), var()],
     }[method]()
 
 
@@ -173,6 +181,18 @@ def via_inspect(s: Subject, method: str, tmp: Path, capsys: Any, monkeypatch: An
     return json.loads(out[: out.rindex("\nwrote ")])["answer"]
 
 
+def via_custom_generate(s: Subject, method: str, tmp: Path) -> str:
+    """An unchanged model.generate call site: OPERA's loop plugged in through transformers' custom_generate."""
+    from vlm_attn.passes.opera_search import opera_decoding
+
+    batch = s.batch()
+    opera, *attention = method_configs(method, s.model)
+    with vlm_attn.apply(s.model, attention) if attention else contextlib.nullcontext(), torch.no_grad():
+        out = s.model.generate(**batch, max_new_tokens=NEW_TOKENS, num_beams=opera.num_beams, do_sample=False,
+                               custom_generate=opera_decoding, opera=opera)
+    return s.decode(out, batch["input_ids"].shape[1])
+
+
 ATTENTION_ONLY: dict[str, Callable[..., str]] = {
     "Handle.generate": via_handle, "steered_generate": via_steered_generate,
     "model.generate + logits_processor": via_model_generate, "pipeline": via_pipeline,
@@ -186,11 +206,13 @@ def test_every_entry_point_gives_the_same_text(subject: Subject, method: str, tm
     texts: dict[str, str] = {}
     for name, run in EVERY_METHOD.items():
         texts[name] = run(subject, method, tmp_path / name.replace(" ", "_"))
-    if method not in INPUT_LEVEL:
+    if method not in PER_SAMPLE:
         for name, run in ATTENTION_ONLY.items():
             texts[name] = run(subject, method, tmp_path)
+    if method.startswith("opera"):
+        texts["model.generate + custom_generate"] = via_custom_generate(subject, method, tmp_path)
     for name, run in CLI_ENTRY_POINTS.items():
-        if name == "cli inspect --answer" and "+" in method:
+        if name == "cli inspect --answer" and ("+" in method or method.startswith("opera")):
             continue  # inspect pictures one method at a time
         texts[name] = run(subject, method, tmp_path, capsys, monkeypatch)
     assert not hasattr(subject.model, "_vlm_attn_handle"), "an entry point left its handle applied"

@@ -107,7 +107,7 @@ class GenerationResult:
 
     Attributes:
         text: the decoded answer (special tokens removed, stripped).
-        method: "funnel", "vicrop" or "none".
+        method: "funnel", "vicrop", "opera" (OPERA decoding, no input-level method) or "none".
         decision: the method's decision (maps, boxes, entropy), None without an input-level method.
         images: the images of the answer turn, in order (RGB).
         image_names: what each image is ("original", "focal", "alpha1", "alpha2", "crop").
@@ -264,9 +264,20 @@ def vicrop_decide(
 
 # ------------------------------------------------------------------------------------------- generate
 def split_methods(methods: Any) -> tuple[Any | None, list[Any]]:
-    """(the input-level config or None, the attention-method configs) from one config or a list."""
+    """(the per-sample config or None, the attention-method configs) from one config or a list.
+
+    The per-sample config is the input-level method (Funnel, ViCrop) or the decoding method (OPERA): either runs
+    one prompt per `generate` call. The two kinds do not combine (a clear error).
+    """
     items = [] if methods is None else list(methods) if isinstance(methods, (list, tuple)) else [methods]
     check_unique(items)
+    decoding = [m for m in items if isinstance(m, OPERAConfig)]
+    if decoding:
+        rest = [m for m in items if not isinstance(m, OPERAConfig)]
+        if any(isinstance(m, INPUT_METHODS) for m in rest):
+            raise ValueError("OPERA does not combine with an input-level method (FunnelConfig, ViCropConfig): "
+                             "use one of them, with any attention methods")
+        return decoding[0], rest
     inputs = [m for m in items if isinstance(m, INPUT_METHODS)]
     if len(inputs) > 1:
         names = ", ".join(type(m).__name__ for m in inputs)
@@ -307,11 +318,11 @@ def generate(
     from .api import HANDLE_ATTR, apply, steered_generate
 
     input_method, attention_configs = split_methods(methods)
-    decoding = [m for m in attention_configs if isinstance(m, OPERAConfig)]
-    attention_configs = [m for m in attention_configs if not isinstance(m, OPERAConfig)]
-    if decoding:  # OPERA replaces the decoding loop (model.generate's custom_generate), beams from its config
-        generate_kwargs = {**generate_kwargs, "num_beams": decoding[0].num_beams, "custom_generate": opera_decoding,
-                           "opera": decoding[0]}
+    decoding = input_method if isinstance(input_method, OPERAConfig) else None
+    if decoding is not None:  # OPERA replaces the decoding loop (model.generate's custom_generate)
+        input_method = None
+        generate_kwargs = {**generate_kwargs, "num_beams": decoding.num_beams, "custom_generate": opera_decoding,
+                           "opera": decoding}
     pictures = list(images) if isinstance(images, (list, tuple)) else [images]
     if not pictures:
         raise ValueError("generate needs at least one image")
@@ -341,7 +352,7 @@ def generate(
             text_prompt = decision.prompts[0]
             method = "vicrop"
         else:
-            decision, method = None, "none"
+            decision, method = None, "opera" if decoding is not None else "none"
             sent = [load_image(p) for p in pictures]
             names = [f"image{i}" for i in range(len(sent))]
             text_prompt = build_answer_prompt(prompt, vqa)

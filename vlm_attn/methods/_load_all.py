@@ -3,3 +3,4 @@
 from . import var  # noqa: F401
 from . import pai, paint  # noqa: F401
 from . import funnel, vicrop  # noqa: F401
+from . import opera  # noqa: F401

@@ -29,8 +29,10 @@ from typing import ClassVar
 import torch
 
 from .config import Bool, Choice, MethodConfig, Number, setting
+from .registry import register_decoding
 
 
+@register_decoding
 @dataclass(frozen=True)
 class OPERAConfig(MethodConfig):
     """Settings of OPERA; defaults are the official code's (LLaVA-1.5 CHAIR/POPE runs).

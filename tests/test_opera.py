@@ -207,3 +207,19 @@ def test_every_family(load, family):
     full = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=0, min_rollback_location=1, first_tokens=1)
     out = model.generate(**inputs, **kw, custom_generate=opera_decoding, opera=full)
     assert out.sequences.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_eval_batch_equals_single(load, tmp_path):
+    """A batch of prompts (eval runner, batch_size 2): each prompt its own beams and rollback history, so every
+    answer equals the one-prompt `vlm_attn.generate` answer."""
+    from vlm_attn.eval.runner import Sample, run_samples
+
+    model, processor = load("llava")
+    cfg = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=1, min_rollback_location=1, first_tokens=1)
+    images = [make_image(0), make_image(1), make_image(2)]
+    samples = [Sample(id=str(i), prompt=PROMPT, image=im) for i, im in enumerate(images)]
+    records = run_samples(model, processor, samples, tmp_path / "run", settings={"task": "test"}, configs=[cfg],
+                          batch_size=2, max_new_tokens=6, progress=False)
+    single = [vlm_attn.generate(model, processor, im, PROMPT, methods=[cfg], max_new_tokens=6).text for im in images]
+    assert [r["output"] for r in records] == single
+    assert len(set(single)) > 1  # the prompts really differ

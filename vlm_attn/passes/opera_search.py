@@ -32,6 +32,10 @@ from ..patches.base import get_adapter
 logger = logging.getLogger(__name__)
 
 
+class _RowTaken(Exception):
+    """Ends a look-ahead forward once the last layer's row is read (its MLP, norm and LM head are not needed)."""
+
+
 class LastLayerRow(AttentionMethod):
     """Observe-only: at decode steps, the last layer's attention row of the fed token, max over heads."""
 
@@ -40,6 +44,7 @@ class LastLayerRow(AttentionMethod):
     def __init__(self) -> None:
         self.layer = -1
         self.latest: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows (B, K), image keys (B, K))
+        self.stop = False  # raise _RowTaken after reading the row (look-ahead forwards)
 
     def bind(self, model: nn.Module, adapter: Any, num_layers: int) -> None:
         self.layer = num_layers - 1
@@ -51,6 +56,8 @@ class LastLayerRow(AttentionMethod):
 
     def edit_probs(self, view: LayerView, rows: RowSet, probs: torch.Tensor) -> None:
         self.latest = (probs[:, :, 0, :].max(dim=1).values, view.image_keys)
+        if self.stop:  # the KV cache already holds this token at every layer: crop(-1) undoes it
+            raise _RowTaken
         return None
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,7 +237,13 @@ def _opera_step(model, config, capture, logits, flat, model_kwargs, state, r, co
         with lookahead(model):
             ids = torch.cat([flat, cand_tokens[:, n : n + 1]], dim=1)
             inputs = model.prepare_inputs_for_generation(ids, next_sequence_length=1, **model_kwargs)
-            model(**inputs, return_dict=True)
+            capture.stop = True
+            try:
+                model(**inputs, return_dict=True)
+            except _RowTaken:
+                pass
+            finally:
+                capture.stop = False
             cache.crop(-1)  # drop the candidate again
         row, image_keys = capture.take()
         row = normalise_rows(row.float())  # (beams, cur_len + 1)

@@ -223,3 +223,231 @@ def test_eval_batch_equals_single(load, tmp_path):
     single = [vlm_attn.generate(model, processor, im, PROMPT, methods=[cfg], max_new_tokens=6).text for im in images]
     assert [r["output"] for r in records] == single
     assert len(set(single)) > 1  # the prompts really differ
+
+
+# ------------------------------------------------------------------------------------------- attention rows
+def test_rows_come_from_our_attention_function_and_equal_the_eager_maps(load):
+    """The row OPERA reads at a decode step is the last layer's attention of the fed token, max over heads, as the
+    eager attention's `output_attentions` gives it; OPERA's own forwards never ask for `output_attentions`."""
+    from vlm_attn.engine import capturing
+    from vlm_attn.patches.base import get_adapter
+
+    model, processor = load("llava")
+    inputs = batch(processor)
+    capture = opera_search.LastLayerRow()
+    with torch.no_grad(), capturing(model, capture, get_adapter(model)):
+        seq = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    ours, image_keys = capture.take()  # the one decode step: the first new token fed
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref = model(**dict(inputs, input_ids=seq[:, :-1], attention_mask=torch.ones_like(seq[:, :-1])),
+                    output_attentions=True).attentions[-1][:, :, -1, :].max(dim=1).values
+    assert ours.shape == ref.shape == (1, seq.shape[1] - 1)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert image_keys.sum() == (inputs["input_ids"] == model.config.image_token_id).sum()
+
+    model.set_attn_implementation("sdpa")
+    asked = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: asked.append(kw.get("output_attentions")),
+                                           with_kwargs=True)
+    try:
+        model.generate(**inputs, num_beams=2, max_new_tokens=4, custom_generate=opera_decoding,
+                       opera=OPERAConfig(num_beams=2, num_attn_candidates=2))
+    finally:
+        hook.remove()
+    assert len(asked) > 4 and not any(asked)
+
+
+# ------------------------------------------------------------------------------------------- planted column
+class PlantedColumn:
+    """Plants an over-trust column into the rows OPERA reads: every response token after `column` (and, at the
+    look-ahead, only the candidates in `candidates`, by logit rank) puts ~90% of its attention on it."""
+
+    def __init__(self, monkeypatch, prompt_len: int, column: int, candidates: set[int]):
+        self.prompt_len, self.column, self.candidates = prompt_len, column, candidates
+        self.mode, self.rank = "look", -1
+        real_take, real_look, real_main = (opera_search.LastLayerRow.take, opera_search.lookahead,
+                                           opera_search._main_forward)
+        plant = self
+
+        def take(capture):
+            row, keys = real_take(capture)
+            query = row.shape[1] - 1 - plant.prompt_len  # response index of the fed token
+            if query > plant.column and (plant.mode == "main" or plant.rank in plant.candidates):
+                row = row.clone()
+                row[:, plant.prompt_len + plant.column] = 9 * row.sum(dim=1)  # 90% after renormalising
+            return row, keys
+
+        def look(model):
+            plant.mode, plant.rank = "look", plant.rank + 1
+            return real_look(model)
+
+        def main(*args, **kwargs):
+            plant.mode, plant.rank = "main", -1
+            return real_main(*args, **kwargs)
+
+        def step(*args, **kwargs):
+            plant.rank = -1
+            return real_step(*args, **kwargs)
+
+        real_step = opera_search._opera_step
+        monkeypatch.setattr(opera_search.LastLayerRow, "take", take)
+        monkeypatch.setattr(opera_search, "lookahead", look)
+        monkeypatch.setattr(opera_search, "_main_forward", main)
+        monkeypatch.setattr(opera_search, "_opera_step", step)
+
+
+def test_planted_column_triggers_the_penalty_on_the_candidate_continuing_it(load, monkeypatch):
+    model, processor = load("llava")
+    inputs = batch(processor)
+    prompt_len, column = inputs["input_ids"].shape[1], 2
+    PlantedColumn(monkeypatch, prompt_len, column, candidates={0})  # the top candidate continues the column
+    seen, steps = [], []
+    real_penalty, real_step = opera_search.candidate_penalty, opera_search._opera_step
+
+    def penalty(window, mass, config):
+        pen, loc = real_penalty(window, mass, config)
+        seen.append((window.shape[-1], pen, loc))
+        return pen, loc
+
+    def step(model_, config, capture, logits, *rest):
+        log_probs, target = real_step(model_, config, capture, logits, *rest)
+        steps.append((rest[3], logits.topk(2, dim=-1).indices, log_probs))
+        return log_probs, target
+
+    monkeypatch.setattr(opera_search, "candidate_penalty", penalty)
+    monkeypatch.setattr(opera_search, "_opera_step", step)
+    # alpha large enough that the first planted column (two rows under it, ~1e-4) outweighs the logit gap
+    cfg = OPERAConfig(num_beams=2, num_attn_candidates=3, first_tokens=0, rollback=False, penalty_weight=1e5)
+    model.generate(**inputs, num_beams=2, max_new_tokens=8, min_new_tokens=8, custom_generate=opera_decoding,
+                   opera=cfg)
+    planted = [(pen, loc) for length, pen, loc in seen if length >= column + 3]  # >= 2 planted rows under it
+    assert len(planted) == 8 - column - 2
+    for pen, loc in planted:
+        assert (loc[:, 0] == column).all()  # the summary token is located
+        assert (pen[:, 0] > 10 * pen[:, 1:].max(dim=1).values).all()  # and only the continuing candidate pays
+    assert sum(r >= column + 2 for r, _, _ in steps) == 8 - column - 2
+    for r, top2, log_probs in steps:
+        first, second = log_probs.gather(1, top2).unbind(1)
+        if r >= column + 2:  # the top-logit candidate now ranks below the second one, in every beam
+            assert (first < second).all()
+
+
+def test_planted_column_past_the_threshold_rolls_back_to_it(load, monkeypatch):
+    model, processor = load("llava")
+    inputs = batch(processor)
+    prompt_len, column = inputs["input_ids"].shape[1], 3
+    PlantedColumn(monkeypatch, prompt_len, column, candidates={0, 1})
+    refed, real_refeed = [], opera_search._refeed
+
+    def spy(model_, prompt, prefix, plen):
+        refed.append(prefix.shape[1] - plen)
+        return real_refeed(model_, prompt, prefix, plen)
+
+    monkeypatch.setattr(opera_search, "_refeed", spy)
+    cfg = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=2, min_rollback_location=column, first_tokens=0)
+    out = model.generate(**inputs, num_beams=2, max_new_tokens=16, min_new_tokens=16, custom_generate=opera_decoding,
+                         opera=cfg)
+    # located column 3 recorded a 3rd time (> threshold 2) in every beam: re-decide response index 3, twice (the
+    # cap, num_attn_candidates), then one position earlier twice, then never again
+    assert refed == [3, 3, 2, 2]
+    assert out.shape[1] == prompt_len + 16
+    plain = model.generate(**inputs, num_beams=2, max_new_tokens=16, min_new_tokens=16,
+                           custom_generate=opera_decoding, opera=OPERAConfig(num_beams=2, num_attn_candidates=2,
+                                                                             min_rollback_location=99))
+    assert refed == [3, 3, 2, 2]  # no rollback below min_rollback_location
+    assert not torch.equal(plain, out)
+
+
+# ------------------------------------------------------------------------------------------- cache
+def _recompute(model, inputs, prefix):
+    """Last-position logits of `prefix` (beams, L) without any cache: the prompt's image inputs, one row per beam."""
+    from vlm_attn.engine import unsteered
+
+    beams, prompt_len = prefix.shape[0], inputs["input_ids"].shape[1]
+    full = {}
+    for key, value in inputs.items():
+        value = value.repeat_interleave(beams, 0) if value.shape[0] == 1 else value
+        if key != "input_ids" and value.dim() == 2 and value.shape[1] == prompt_len:  # per-token masks and types
+            value = torch.nn.functional.pad(value, (0, prefix.shape[1] - prompt_len), value=int(key == "attention_mask"))
+        full[key] = value
+    full["input_ids"] = prefix
+    with torch.no_grad(), unsteered(model):
+        return model(**full, use_cache=False).logits[:, -1].float()
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])  # gemma3: sliding-window layers shorter than the prompt
+def test_kv_cache_equals_recomputation_at_every_step(load, family, monkeypatch):
+    """After the look-ahead forwards (fed, then cropped) and after rollbacks, each step's logits equal those of the
+    same prefix recomputed without cache."""
+    model, processor = load(family)
+    inputs = batch(processor, family)
+    PlantedColumn(monkeypatch, inputs["input_ids"].shape[1], 2, candidates={0, 1})  # rollbacks to 2, then 1
+    checked, real_main, real_refeed = [], opera_search._main_forward, opera_search._refeed
+
+    def main_forward(model_, capture, state, cur_len, prompt_len, model_kwargs):
+        logits, kwargs = real_main(model_, capture, state, cur_len, prompt_len, model_kwargs)
+        again = _recompute(model_, inputs, state["running"][0, :, :cur_len])
+        checked.append(("step", torch.allclose(logits, again, atol=1e-4)))
+        return logits, kwargs
+
+    def refeed(model_, prompt, prefix, plen):
+        logits, kwargs = real_refeed(model_, prompt, prefix, plen)
+        if prefix.shape[1] > plen:
+            checked.append(("rollback", torch.allclose(logits, _recompute(model_, inputs, prefix), atol=1e-4)))
+        return logits, kwargs
+
+    monkeypatch.setattr(opera_search, "_main_forward", main_forward)
+    monkeypatch.setattr(opera_search, "_refeed", refeed)
+    cfg = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=1, min_rollback_location=2, first_tokens=0)
+    model.generate(**inputs, num_beams=2, max_new_tokens=10, min_new_tokens=10, custom_generate=opera_decoding,
+                   opera=cfg)
+    assert [kind for kind, _ in checked].count("rollback") == 4
+    assert all(ok for _, ok in checked), checked
+
+
+# ------------------------------------------------------------------------------------------- CLI, eval
+def test_eval_cli_with_opera_equals_vlm_attn_generate(tmp_path):
+    """`vlm-attn eval chair --method opera` writes what `vlm_attn.generate` gives and records OPERA's settings."""
+    import json
+
+    from vlm_attn.cli import main
+    from vlm_attn.loading import load_model
+
+    from .test_entry_points import IMAGE, NEW_TOKENS, _mini_coco
+    from .test_entry_points import PROMPT as CAPTION
+
+    model, processor = load_model("toy-vlm")
+    methods = tmp_path / "methods.json"
+    methods.write_text(json.dumps({"opera": {"num_beams": 3, "num_attn_candidates": 2, "threshold": 1,
+                                             "min_rollback_location": 1, "first_tokens": 1}}))
+    out = tmp_path / "run"
+    assert main(["eval", "chair", "--model", "toy-vlm", "--method", "opera", "--method-config", str(methods),
+                 "--coco-root", str(_mini_coco(tmp_path / "coco")), "--out", str(out), "--max-new-tokens",
+                 str(NEW_TOKENS), "--lemmatizer", "offline", "--no-progress", "--batch-size", "2"]) == 0
+    cfg = OPERAConfig(num_beams=3, num_attn_candidates=2, threshold=1, min_rollback_location=1, first_tokens=1)
+    expected = vlm_attn.generate(model, processor, IMAGE, CAPTION, methods=[cfg], max_new_tokens=NEW_TOKENS).text
+    assert json.loads((out / "samples.jsonl").read_text().splitlines()[0])["output"] == expected
+    recorded = json.loads((out / "run.json").read_text())["methods"]
+    assert recorded[0]["name"] == "opera" and recorded[0]["config"]["num_beams"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "opera", "--opera-num-beams", "1"], "OPERAConfig.num_beams"),
+    (["--method", "opera", "--opera-normalise-over", "beams"], "OPERAConfig.normalise_over"),
+    (["--method", "opera", "--method", "funnel"], "--method opera (a decoding method) does not combine with "
+                                                  "--method funnel"),
+])
+def test_cli_bad_opera_settings_are_one_line_errors(argv, message, capsys, monkeypatch, tmp_path):
+    """Refused before any model is loaded, in one line, exit status 2 (generate and eval alike)."""
+    from vlm_attn.cli import main
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr("vlm_attn.loading.load_model", forbidden)
+    for command in (["generate"], ["eval", "pope", "--out", str(tmp_path / "run")]):
+        with pytest.raises(SystemExit) as info:
+            main([*command, "--model", "toy-vlm", "--max-new-tokens", "2", *argv])
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 2 and message in err and len(err.splitlines()) == 1, err

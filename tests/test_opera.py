@@ -194,8 +194,9 @@ def test_vlm_attn_generate_with_opera_and_var(load):
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
-def test_every_family(load, family):
-    """Weight 0 equals transformers' beam search; the full method (rollback forced early) runs and stops."""
+def test_every_family(load, family, monkeypatch):
+    """Weight 0 equals transformers' beam search; the full method (rollback forced early) runs and stops, and
+    gives what it gives with one look-ahead forward per candidate."""
     model, processor = load(family)
     inputs = batch(processor, family)
     kw = dict(num_beams=2, max_new_tokens=5, **SCORED)
@@ -204,9 +205,29 @@ def test_every_family(load, family):
                        normalise_over="vocabulary")
     out = model.generate(**inputs, **kw, custom_generate=opera_decoding, opera=zero)
     assert torch.equal(out.sequences, ref.sequences)
-    full = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=0, min_rollback_location=1, first_tokens=1)
+    full = OPERAConfig(num_beams=2, num_attn_candidates=3, threshold=0, min_rollback_location=1, first_tokens=1)
+    together, real, real_rows, same = [], opera_search._one_forward_inputs, opera_search._candidate_rows, []
+
+    def candidate_rows(*args):  # the rows of one forward for all candidates == those of one forward each
+        rows, keys = real_rows(*args)
+        with monkeypatch.context() as m:
+            m.setattr(opera_search, "_one_forward_inputs", lambda *a: None)
+            alone, alone_keys = real_rows(*args)
+        same.append(torch.allclose(rows, alone, atol=1e-6) and torch.equal(keys, alone_keys))
+        return rows, keys
+
+    monkeypatch.setattr(opera_search, "_one_forward_inputs", lambda *a: together.append(real(*a)) or together[-1])
+    monkeypatch.setattr(opera_search, "_candidate_rows", candidate_rows)
     out = model.generate(**inputs, **kw, custom_generate=opera_decoding, opera=full)
     assert out.sequences.shape[1] > inputs["input_ids"].shape[1]
+    # all candidates in one forward wherever every layer has full attention (gemma3's sliding layers: one each)
+    assert all((t is None) == (family == "gemma3") for t in together) and together
+    assert all(same) and len(same) >= 4
+    monkeypatch.setattr(opera_search, "_candidate_rows", real_rows)
+    monkeypatch.setattr(opera_search, "_one_forward_inputs", lambda *a: None)
+    one_by_one = model.generate(**inputs, **kw, custom_generate=opera_decoding, opera=full)
+    assert torch.equal(out.sequences, one_by_one.sequences)
+    assert torch.allclose(out.sequences_scores, one_by_one.sequences_scores, atol=1e-5)
 
 
 def test_eval_batch_equals_single(load, tmp_path):
@@ -238,6 +259,7 @@ def test_rows_come_from_our_attention_function_and_equal_the_eager_maps(load):
     with torch.no_grad(), capturing(model, capture, get_adapter(model)):
         seq = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
     ours, image_keys = capture.take()  # the one decode step: the first new token fed
+    ours = ours[:, 0]
     model.set_attn_implementation("eager")
     with torch.no_grad():
         ref = model(**dict(inputs, input_ids=seq[:, :-1], attention_mask=torch.ones_like(seq[:, :-1])),
@@ -261,39 +283,45 @@ def test_rows_come_from_our_attention_function_and_equal_the_eager_maps(load):
 # ------------------------------------------------------------------------------------------- planted column
 class PlantedColumn:
     """Plants an over-trust column into the rows OPERA reads: every response token after `column` (and, at the
-    look-ahead, only the candidates in `candidates`, by logit rank) puts ~90% of its attention on it."""
+    look-ahead, only the candidates in `candidates`, by logit rank) puts 90% of its attention on it."""
 
     def __init__(self, monkeypatch, prompt_len: int, column: int, candidates: set[int]):
         self.prompt_len, self.column, self.candidates = prompt_len, column, candidates
-        self.mode, self.rank = "look", -1
-        real_take, real_look, real_main = (opera_search.LastLayerRow.take, opera_search.lookahead,
-                                           opera_search._main_forward)
+        self.looking, self.rank = False, 0
+        real_take, real_rows, real_step = (opera_search.LastLayerRow.take, opera_search._rows_of,
+                                           opera_search._opera_step)
         plant = self
 
-        def take(capture):
+        def put(row, q):  # 9x the row's mass on the column: 90% once renormalised
+            row[:, q, plant.prompt_len + plant.column] = 9 * row[:, q].sum(dim=-1)
+
+        def take(capture):  # the main forward's row (the look-ahead rows are planted in rows_of)
             row, keys = real_take(capture)
-            query = row.shape[1] - 1 - plant.prompt_len  # response index of the fed token
-            if query > plant.column and (plant.mode == "main" or plant.rank in plant.candidates):
+            if not plant.looking and row.shape[-1] - 1 - plant.prompt_len > plant.column:
                 row = row.clone()
-                row[:, plant.prompt_len + plant.column] = 9 * row.sum(dim=1)  # 90% after renormalising
+                put(row, 0)
             return row, keys
 
-        def look(model):
-            plant.mode, plant.rank = "look", plant.rank + 1
-            return real_look(model)
-
-        def main(*args, **kwargs):
-            plant.mode, plant.rank = "main", -1
-            return real_main(*args, **kwargs)
+        def rows_of(model, capture, cache, inputs, fed):  # fed candidates, all at response index L - prompt_len
+            plant.looking = True
+            try:
+                row, keys = real_rows(model, capture, cache, inputs, fed)
+            finally:
+                plant.looking = False
+            if row.shape[-1] - fed - plant.prompt_len > plant.column:
+                row = row.clone()
+                for q in range(fed):
+                    if plant.rank + q in plant.candidates:
+                        put(row, q)
+            plant.rank += fed
+            return row, keys
 
         def step(*args, **kwargs):
-            plant.rank = -1
+            plant.rank = 0
             return real_step(*args, **kwargs)
 
-        real_step = opera_search._opera_step
         monkeypatch.setattr(opera_search.LastLayerRow, "take", take)
-        monkeypatch.setattr(opera_search, "lookahead", look)
-        monkeypatch.setattr(opera_search, "_main_forward", main)
+        monkeypatch.setattr(opera_search, "_rows_of", rows_of)
         monkeypatch.setattr(opera_search, "_opera_step", step)
 
 

@@ -37,30 +37,31 @@ class _RowTaken(Exception):
 
 
 class LastLayerRow(AttentionMethod):
-    """Observe-only: at decode steps, the last layer's attention row of the fed token, max over heads."""
+    """Observe-only: at decode steps, the last layer's attention rows of the fed tokens, max over heads."""
 
     name = "opera_rows"
 
     def __init__(self) -> None:
         self.layer = -1
-        self.latest: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows (B, K), image keys (B, K))
-        self.stop = False  # raise _RowTaken after reading the row (look-ahead forwards)
+        self.latest: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows (B, Q, K), image keys (B, K))
+        self.stop = False  # look-ahead forwards: rows of every fed token, then raise _RowTaken
 
     def bind(self, model: nn.Module, adapter: Any, num_layers: int) -> None:
         self.layer = num_layers - 1
 
     def rows(self, view: LayerView) -> torch.Tensor | None:
-        if view.layer_idx != self.layer or view.query_image.shape[1] != 1 or view.prefill:
+        if view.layer_idx != self.layer or view.prefill or (view.query_image.shape[1] != 1 and not self.stop):
             return None
         return torch.ones_like(view.query_image)
 
     def edit_probs(self, view: LayerView, rows: RowSet, probs: torch.Tensor) -> None:
-        self.latest = (probs[:, :, 0, :].max(dim=1).values, view.image_keys)
+        self.latest = (probs.max(dim=1).values, view.image_keys)
         if self.stop:  # the KV cache already holds this token at every layer: crop(-1) undoes it
             raise _RowTaken
         return None
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows (B, Q, K) of the latest forward's Q fed tokens, image keys (B, K)); each forward's rows once."""
         if self.latest is None:
             raise RuntimeError("OPERA: the last decoder layer's attention row was not captured in this forward")
         out, self.latest = self.latest, None
@@ -219,7 +220,7 @@ def _main_forward(model, capture, state, cur_len, prompt_len, model_kwargs):
     model_kwargs = model._update_model_kwargs_for_generation(out, model_kwargs)
     model_kwargs["cache"].crop(0)  # sliding-window layers recording their past: back to the window
     row, _ = capture.take()
-    resp = normalise_rows(row.float())[:, prompt_len:cur_len]  # (beams, R)
+    resp = normalise_rows(row[:, -1].float())[:, prompt_len:cur_len]  # (beams, R)
     hist = state["hist"]
     hist = torch.nn.functional.pad(hist, (0, 1))  # one more column for the new token
     state["hist"] = torch.cat([hist, resp[:, None, :]], dim=1)
@@ -231,27 +232,12 @@ def _opera_step(model, config, capture, logits, flat, model_kwargs, state, r, co
     beams, vocab = logits.shape
     prompt_len = flat.shape[1] - r
     cand_logits, cand_tokens = logits.topk(config.num_attn_candidates, dim=-1)
-    cache = model_kwargs["cache"]
-    windows, masses = [], []
-    for n in range(config.num_attn_candidates):
-        with lookahead(model):
-            ids = torch.cat([flat, cand_tokens[:, n : n + 1]], dim=1)
-            inputs = model.prepare_inputs_for_generation(ids, next_sequence_length=1, **model_kwargs)
-            capture.stop = True
-            try:
-                model(**inputs, return_dict=True)
-            except _RowTaken:
-                pass
-            finally:
-                capture.stop = False
-            cache.crop(-1)  # drop the candidate again
-        row, image_keys = capture.take()
-        row = normalise_rows(row.float())  # (beams, cur_len + 1)
-        masses.append((row * image_keys.float()).sum(dim=-1))
-        hist = torch.nn.functional.pad(state["hist"], (0, 1))
-        windows.append(torch.cat([hist, row[:, None, prompt_len:]], dim=1))  # (beams, R + 1, R + 1)
-    window = torch.stack(windows, dim=1)
-    penalty, location = candidate_penalty(window, torch.stack(masses, dim=1), config)
+    rows, image_keys = _candidate_rows(model, capture, flat, cand_tokens, model_kwargs)
+    rows = normalise_rows(rows.float())  # (beams, N, cur_len + 1)
+    masses = (rows * image_keys[:, None, :].float()).sum(dim=-1)  # (beams, N)
+    hist = torch.nn.functional.pad(state["hist"], (0, 1))[:, None].expand(-1, rows.shape[1], -1, -1)
+    window = torch.cat([hist, rows[:, :, None, prompt_len:]], dim=2)  # (beams, N, R + 1, R + 1)
+    penalty, location = candidate_penalty(window, masses, config)
     state["locs"] = torch.cat([state["locs"], beam_location(location)[:, None]], dim=1)
     penalised = cand_logits - config.penalty_weight * penalty
     if config.normalise_over == "candidates":
@@ -262,6 +248,72 @@ def _opera_step(model, config, capture, logits, flat, model_kwargs, state, r, co
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter(1, cand_tokens, True)
         log_probs = log_probs.masked_fill(~keep, -float("inf"))
     return log_probs, rollback_target(state["locs"], counts, config)
+
+
+def _candidate_rows(model, capture, flat, cand_tokens, model_kwargs):
+    """Each candidate's last-layer row (max over heads) over the prefix and itself: (beams, N, L + 1), image keys.
+
+    All N candidates go in one forward when the family allows it (see `_one_forward_inputs`): they sit at the
+    same position, and a 4-D mask lets each see the prefix and itself only, so each row is the one a forward of
+    that candidate alone gives. Otherwise one forward per candidate. Every forward stops after the last layer's
+    attention, and the candidates are cropped from the KV cache again.
+    """
+    cache, (beams, n), length = model_kwargs["cache"], cand_tokens.shape, flat.shape[1]
+    with lookahead(model):
+        first = model.prepare_inputs_for_generation(torch.cat([flat, cand_tokens[:, :1]], dim=1),
+                                                    next_sequence_length=1, **model_kwargs)
+        together = _one_forward_inputs(model, first, cand_tokens, length) if n > 1 else None
+    if together is not None:
+        rows, image_keys = _rows_of(model, capture, cache, together, n)  # (beams, N, L + N)
+        own = rows[:, torch.arange(n), length + torch.arange(n)]  # each candidate's attention to itself
+        return torch.cat([rows[:, :, :length], own[:, :, None]], dim=-1), image_keys[:, : length + 1]
+    out = []
+    for i in range(n):
+        inputs = first if i == 0 else model.prepare_inputs_for_generation(
+            torch.cat([flat, cand_tokens[:, i : i + 1]], dim=1), next_sequence_length=1, **model_kwargs)
+        row, image_keys = _rows_of(model, capture, cache, inputs, 1)
+        out.append(row[:, 0])
+    return torch.stack(out, dim=1), image_keys
+
+
+def _rows_of(model, capture, cache, inputs, fed):
+    """Run a look-ahead forward of `fed` tokens up to the last layer's attention; crop them from the cache."""
+    with lookahead(model):
+        capture.stop = True
+        try:
+            model(**inputs, return_dict=True)
+        except _RowTaken:
+            pass
+        finally:
+            capture.stop = False
+        cache.crop(-fed)  # drop the candidates again
+    return capture.take()
+
+
+def _one_forward_inputs(model, first, cand_tokens, length):
+    """The inputs of one forward feeding every candidate, or None where that would not be exact.
+
+    Needs the position ids generate prepares (repeated: every candidate takes the next position) and full
+    attention in every layer (a sliding-window layer's cache returns fewer keys than the 4-D mask would cover).
+    """
+    text = model.config.get_text_config()
+    kinds = set(getattr(text, "layer_types", None) or [])
+    if first.get("position_ids") is None or getattr(text, "sliding_window", None) or kinds - {"full_attention"}:
+        return None
+    if first.get("attention_mask") is not None and first["attention_mask"].dim() != 2:
+        return None
+    beams, n = cand_tokens.shape
+    inputs = dict(first, input_ids=cand_tokens)
+    for key, value in first.items():  # per-token extras (token types): the fed token's, for each candidate
+        if key not in ("input_ids", "attention_mask") and torch.is_tensor(value) and value.dim() >= 2 \
+                and value.shape[-1] == 1:
+            inputs[key] = value.expand(*value.shape[:-1], n)
+    past = first.get("attention_mask")
+    past = (torch.ones(beams, length, dtype=torch.bool, device=cand_tokens.device) if past is None
+            else past[:, :length].bool())
+    own = torch.eye(n, dtype=torch.bool, device=cand_tokens.device).expand(beams, n, n)
+    inputs["attention_mask"] = torch.cat([past[:, None, :].expand(beams, n, length), own], dim=-1)[:, None]
+    return inputs
 
 
 def _refeed(model, prompt, prefix, prompt_len):

@@ -191,6 +191,12 @@ def test_vlm_attn_generate_with_opera_and_var(load):
     both = vlm_attn.generate(model, processor, image, PROMPT, methods=[cfg, var], max_new_tokens=6)
     assert "var" in both.report and both.report["var"]
     assert not hasattr(model, "_vlm_attn_handle")
+    with pytest.raises(ValueError, match="num_beams=2: use greedy .* or set guidance=False"):
+        vlm_attn.generate(model, processor, image, PROMPT, methods=[cfg, vlm_attn.PAIConfig()], max_new_tokens=6)
+    assert not hasattr(model, "_vlm_attn_handle")
+    pai = vlm_attn.generate(model, processor, image, PROMPT, methods=[cfg, vlm_attn.PAIConfig(guidance=False)],
+                            max_new_tokens=6)
+    assert pai.report["pai"]
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -178,7 +178,7 @@ def test_bad_generate_settings_fail_before_any_forward(load):
     assert calls == []
 
 
-def test_vlm_attn_generate_with_opera_and_var(load):
+def test_vlm_attn_generate_with_opera_and_var(load, monkeypatch):
     model, processor = load("llava")
     image = make_image(0)
     cfg = OPERAConfig(num_beams=2, num_attn_candidates=2)
@@ -191,6 +191,12 @@ def test_vlm_attn_generate_with_opera_and_var(load):
     both = vlm_attn.generate(model, processor, image, PROMPT, methods=[cfg, var], max_new_tokens=6)
     assert "var" in both.report and both.report["var"]
     assert not hasattr(model, "_vlm_attn_handle")
+    together, real = [], opera_search._one_forward_inputs
+    monkeypatch.setattr(opera_search, "_one_forward_inputs", lambda *a: together.append(1) or real(*a))
+    vlm_attn.generate(model, processor, image, PROMPT, methods=[cfg, var], max_new_tokens=6)
+    assert together == []  # steered rows: one look-ahead forward per candidate (VAR edits many-row forwards
+    vlm_attn.generate(model, processor, image, PROMPT, methods=[cfg], max_new_tokens=6)  # as chunks)
+    assert together
     with pytest.raises(ValueError, match="num_beams=2: use greedy .* or set guidance=False"):
         vlm_attn.generate(model, processor, image, PROMPT, methods=[cfg, vlm_attn.PAIConfig()], max_new_tokens=6)
     assert not hasattr(model, "_vlm_attn_handle")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import capturing, checkpoint_call, lookahead, restore_call
+from ..engine import capturing, checkpoint_call, engine_of, lookahead, restore_call
 from ..engine.method import AttentionMethod, LayerView, RowSet
 from ..errors import UserError
 from ..methods.opera import OPERAConfig, beam_location, candidate_penalty, normalise_rows, rollback_target
@@ -253,16 +253,19 @@ def _opera_step(model, config, capture, logits, flat, model_kwargs, state, r, co
 def _candidate_rows(model, capture, flat, cand_tokens, model_kwargs):
     """Each candidate's last-layer row (max over heads) over the prefix and itself: (beams, N, L + 1), image keys.
 
-    All N candidates go in one forward when the family allows it (see `_one_forward_inputs`): they sit at the
-    same position, and a 4-D mask lets each see the prefix and itself only, so each row is the one a forward of
-    that candidate alone gives. Otherwise one forward per candidate. Every forward stops after the last layer's
-    attention, and the candidates are cropped from the KV cache again.
+    All N candidates go in one forward when the family allows it (see `_one_forward_inputs`) and no attention
+    method is applied: they sit at the same position, and a 4-D mask lets each see the prefix and itself only, so
+    each row is the one a forward of that candidate alone gives. With an attention method applied the rows of such
+    a many-row forward are not those of N one-token forwards (measured with VAR: up to 0.18 apart), so then, as
+    with sliding-window layers, one forward per candidate. Every forward stops after the last layer's attention, and the candidates are
+    cropped from the KV cache again.
     """
     cache, (beams, n), length = model_kwargs["cache"], cand_tokens.shape, flat.shape[1]
     with lookahead(model):
         first = model.prepare_inputs_for_generation(torch.cat([flat, cand_tokens[:, :1]], dim=1),
                                                     next_sequence_length=1, **model_kwargs)
-        together = _one_forward_inputs(model, first, cand_tokens, length) if n > 1 else None
+        alone = [type(m) for m in engine_of(model).methods] == [LastLayerRow]  # attention methods: see below
+        together = _one_forward_inputs(model, first, cand_tokens, length) if n > 1 and alone else None
     if together is not None:
         rows, image_keys = _rows_of(model, capture, cache, together, n)  # (beams, N, L + N)
         own = rows[:, torch.arange(n), length + torch.arange(n)]  # each candidate's attention to itself

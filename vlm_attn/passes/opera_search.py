@@ -142,7 +142,9 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
     logits = out.logits[:, -1, :].float()
     del out
     _record_past(model_kwargs["cache"])
-    prompt = (copy.deepcopy(model_kwargs["cache"]), dict(model_kwargs), checkpoint_call(model), logits.clone())
+    kept = copy.deepcopy(model_kwargs["cache"])  # the prompt's cache for rollbacks: every beam holds the same
+    kept.reorder_cache(torch.zeros(1, dtype=torch.long, device=device))  # prompt, so one row of it is kept
+    prompt = (kept, dict(model_kwargs), checkpoint_call(model), logits.clone())
 
     cur_len, snapshots, counts, rejected = prompt_len, {}, {}, {}
     redo: int | None = None  # response index being re-decided after a rollback
@@ -323,6 +325,7 @@ def _refeed(model, prompt, prefix, prompt_len):
     """Rebuild the cache for `prefix` (beams, L): a copy of the prompt's cache plus one forward over the response."""
     cache, kwargs, call, logits = prompt
     kwargs = dict(kwargs, cache=copy.deepcopy(cache))
+    kwargs["cache"].reorder_cache(torch.zeros(prefix.shape[0], dtype=torch.long, device=prefix.device))  # per beam
     restore_call(model, call)
     new = prefix.shape[1] - prompt_len
     if new == 0:

@@ -470,6 +470,9 @@ def test_eval_cli_with_opera_equals_vlm_attn_generate(tmp_path):
     assert json.loads((out / "samples.jsonl").read_text().splitlines()[0])["output"] == expected
     recorded = json.loads((out / "run.json").read_text())["methods"]
     assert recorded[0]["name"] == "opera" and recorded[0]["config"]["num_beams"] == 3
+    generation = json.loads((out / "metrics.json").read_text())["provenance"]["generation"]
+    assert generation["greedy"] is False and generation["decoding"] == "opera beam search"
+    assert generation["num_beams"] == 3
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -285,6 +285,14 @@ def split_methods(methods: Any) -> tuple[Any | None, list[Any]]:
     return (inputs[0] if inputs else None), [m for m in items if not isinstance(m, INPUT_METHODS)]
 
 
+def decoding_record(methods: Any) -> dict[str, Any]:
+    """How `generate` decodes with `methods`: greedy, or a decoding method's beam search (OPERA: its beams)."""
+    decoding, _ = split_methods(methods)
+    if not isinstance(decoding, OPERAConfig):
+        return {"greedy": True, "decoding": "greedy", "num_beams": 1}
+    return {"greedy": False, "decoding": "opera beam search", "num_beams": decoding.num_beams}
+
+
 def generate(
     model: nn.Module,
     processor: Any,

@@ -142,9 +142,8 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
     logits = out.logits[:, -1, :].float()
     del out
     _record_past(model_kwargs["cache"])
-    kept = copy.deepcopy(model_kwargs["cache"])  # the prompt's cache for rollbacks: every beam holds the same
-    kept.reorder_cache(torch.zeros(1, dtype=torch.long, device=device))  # prompt, so one row of it is kept
-    prompt = (kept, dict(model_kwargs), checkpoint_call(model), logits.clone())
+    prompt = (_first_row_copy(model_kwargs["cache"], beams), dict(model_kwargs), checkpoint_call(model),
+              logits.clone())
 
     cur_len, snapshots, counts, rejected = prompt_len, {}, {}, {}
     redo: int | None = None  # response index being re-decided after a rollback
@@ -203,6 +202,20 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
             break
         logits, model_kwargs = _main_forward(model, capture, state, cur_len, prompt_len, model_kwargs)
     return _outputs(generation_config, state, prompt_len, model_kwargs)
+
+
+def _first_row_copy(cache: Any, beams: int) -> Any:
+    """A copy of the prompt's cache holding one row: every beam holds the same prompt. Each per-row tensor is
+    copied as its first row only, so no full copy is ever made (`_refeed` expands it per beam again)."""
+    memo: dict[int, Any] = {}
+    for layer in getattr(cache, "layers", []):
+        for value in vars(layer).values():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == beams:
+                memo[id(value)] = value[:1].clone()
+    kept = copy.deepcopy(cache, memo)
+    kept.reorder_cache(torch.zeros(1, dtype=torch.long, device=next(iter(memo.values())).device)
+                       if memo else torch.zeros(1, dtype=torch.long))  # whatever was not a per-row attribute
+    return kept
 
 
 def _record_past(cache: Any) -> None:

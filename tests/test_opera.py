@@ -409,7 +409,8 @@ def _recompute(model, inputs, prefix):
     for key, value in inputs.items():
         value = value.repeat_interleave(beams, 0) if value.shape[0] == 1 else value
         if key != "input_ids" and value.dim() == 2 and value.shape[1] == prompt_len:  # per-token masks and types
-            value = torch.nn.functional.pad(value, (0, prefix.shape[1] - prompt_len), value=int(key == "attention_mask"))
+            fill = int(key == "attention_mask")
+            value = torch.nn.functional.pad(value, (0, prefix.shape[1] - prompt_len), value=fill)
         full[key] = value
     full["input_ids"] = prefix
     with torch.no_grad(), unsteered(model):

@@ -142,7 +142,7 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
     logits = out.logits[:, -1, :].float()
     del out
     _record_past(model_kwargs["cache"])
-    prompt = (_first_row_copy(model_kwargs["cache"], beams), dict(model_kwargs), checkpoint_call(model),
+    prompt = (_first_row_copy(model_kwargs["cache"], beams, device), dict(model_kwargs), checkpoint_call(model),
               logits.clone())
 
     cur_len, snapshots, counts, rejected = prompt_len, {}, {}, {}
@@ -204,7 +204,7 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
     return _outputs(generation_config, state, prompt_len, model_kwargs)
 
 
-def _first_row_copy(cache: Any, beams: int) -> Any:
+def _first_row_copy(cache: Any, beams: int, device: torch.device) -> Any:
     """A copy of the prompt's cache holding one row: every beam holds the same prompt. Each per-row tensor is
     copied as its first row only, so no full copy is ever made (`_refeed` expands it per beam again)."""
     memo: dict[int, Any] = {}
@@ -213,13 +213,12 @@ def _first_row_copy(cache: Any, beams: int) -> Any:
             if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == beams:
                 memo[id(value)] = value[:1].clone()
     kept = copy.deepcopy(cache, memo)
-    kept.reorder_cache(torch.zeros(1, dtype=torch.long, device=next(iter(memo.values())).device)
-                       if memo else torch.zeros(1, dtype=torch.long))  # whatever was not a per-row attribute
+    kept.reorder_cache(torch.zeros(1, dtype=torch.long, device=device))  # whatever was not a per-row attribute
     return kept
 
 
 def _record_past(cache: Any) -> None:
-    """Let sliding-window layers keep the states a look-ahead token pushes out, so `crop(-1)` can restore them."""
+    """Let sliding-window layers keep the states look-ahead tokens push out, so `crop` can restore them."""
     if not hasattr(cache, "crop") or not hasattr(cache, "reorder_cache"):
         raise UserError(f"OPERA needs a cache that can be cropped and reordered, got {type(cache).__name__}: use the "
                         "default dynamic cache (no cache_implementation)")
@@ -272,10 +271,10 @@ def _candidate_rows(model, capture, flat, cand_tokens, model_kwargs):
     method is applied: they sit at the same position, and a 4-D mask lets each see the prefix and itself only, so
     each row is the one a forward of that candidate alone gives. With an attention method applied the rows of such
     a many-row forward are not those of N one-token forwards (measured with VAR: up to 0.18 apart), so then, as
-    with sliding-window layers, one forward per candidate. Every forward stops after the last layer's attention, and the candidates are
-    cropped from the KV cache again.
+    with sliding-window layers, one forward per candidate. Every forward stops after the last layer's attention,
+    and the candidates are cropped from the KV cache again.
     """
-    cache, (beams, n), length = model_kwargs["cache"], cand_tokens.shape, flat.shape[1]
+    cache, n, length = model_kwargs["cache"], cand_tokens.shape[1], flat.shape[1]
     with lookahead(model):
         first = model.prepare_inputs_for_generation(torch.cat([flat, cand_tokens[:, :1]], dim=1),
                                                     next_sequence_length=1, **model_kwargs)

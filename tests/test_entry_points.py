@@ -13,6 +13,8 @@ the same through `vlm-attn eval chair`, and that metrics.json records the guidan
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -34,11 +36,13 @@ IMAGE = sample_image_path()
 INPUT_LEVEL = ("funnel", "vicrop")
 CONTRASTIVE = ("vcd", "icd", "m3id", "var+vcd")  # logits-level decoders: no attention picture for inspect
 SAME_FORWARD = ("dola", "vista", "only")  # they edit logits, not attention: nothing for `inspect` to picture
+PER_SAMPLE = (*INPUT_LEVEL, "opera", "opera+var")  # not applied with vlm_attn.apply (no Handle paths)
 METHODS = ("var", "pai", "paint", "pai_noguide", "var+pai+paint", "funnel", "vicrop", *CONTRASTIVE, *SAME_FORWARD,
-           "var+vista")
+           "var+vista", "opera", "opera+var")
 # settings strong enough to change the 8 tokens of both test models (the defaults leave some unchanged)
 VCD = {"alpha": 3.0, "noise_step": 999}
 M3ID = {"lam": 0.5, "alpha": 1.0}
+OPERA_SMALL = {"num_beams": 2, "num_attn_candidates": 2}
 # method -> (CLI --method names, --method-config content)
 CLI_METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "var": (["var"], {}),
@@ -56,6 +60,8 @@ CLI_METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "vista": (["vista"], {"vista": {"strength": 0.5}}),
     "only": (["only"], {}),
     "var+vista": (["var", "vista"], {}),
+    "opera": (["opera"], {"opera": OPERA_SMALL}),
+    "opera+var": (["opera", "var"], {"opera": OPERA_SMALL}),
 }
 
 
@@ -83,6 +89,8 @@ def method_configs(method: str, model: Any) -> list[Any]:
         "vista": lambda: [vlm_attn.VISTAConfig(strength=0.5)],
         "only": lambda: [vlm_attn.ONLYConfig()],
         "var+vista": lambda: [var(), vlm_attn.VISTAConfig()],
+        "opera": lambda: [vlm_attn.OPERAConfig(**OPERA_SMALL)],
+        "opera+var": lambda: [vlm_attn.OPERAConfig(**OPERA_SMALL), var()],
     }[method]()
 
 
@@ -195,6 +203,18 @@ def via_inspect(s: Subject, method: str, tmp: Path, capsys: Any, monkeypatch: An
     return json.loads(out[: out.rindex("\nwrote ")])["answer"]
 
 
+def via_custom_generate(s: Subject, method: str, tmp: Path) -> str:
+    """An unchanged model.generate call site: OPERA's loop plugged in through transformers' custom_generate."""
+    from vlm_attn.passes.opera_search import opera_decoding
+
+    batch = s.batch()
+    opera, *attention = method_configs(method, s.model)
+    with vlm_attn.apply(s.model, attention) if attention else contextlib.nullcontext(), torch.no_grad():
+        out = s.model.generate(**batch, max_new_tokens=NEW_TOKENS, num_beams=opera.num_beams, do_sample=False,
+                               custom_generate=opera_decoding, opera=opera)
+    return s.decode(out, batch["input_ids"].shape[1])
+
+
 ATTENTION_ONLY: dict[str, Callable[..., str]] = {
     "Handle.generate": via_handle, "steered_generate": via_steered_generate,
     "model.generate + logits_processor": via_model_generate, "pipeline": via_pipeline,
@@ -208,11 +228,14 @@ def test_every_entry_point_gives_the_same_text(subject: Subject, method: str, tm
     texts: dict[str, str] = {}
     for name, run in EVERY_METHOD.items():
         texts[name] = run(subject, method, tmp_path / name.replace(" ", "_"))
-    if method not in INPUT_LEVEL:
+    if method not in PER_SAMPLE:
         for name, run in ATTENTION_ONLY.items():
             texts[name] = run(subject, method, tmp_path)
+    if method.startswith("opera"):
+        texts["model.generate + custom_generate"] = via_custom_generate(subject, method, tmp_path)
     for name, run in CLI_ENTRY_POINTS.items():
-        if name == "cli inspect --answer" and ("+" in method or method in CONTRASTIVE or method in SAME_FORWARD):
+        if name == "cli inspect --answer" and ("+" in method or method in CONTRASTIVE or method in SAME_FORWARD
+                                               or method.startswith("opera")):
             continue  # inspect pictures one attention method at a time (refusals: test_contrastive, test_same_forward)
         texts[name] = run(subject, method, tmp_path, capsys, monkeypatch)
     assert not hasattr(subject.model, "_vlm_attn_handle"), "an entry point left its handle applied"

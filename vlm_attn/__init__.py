@@ -13,12 +13,13 @@ from .methods.vicrop import ViCropConfig
 from .methods import DoLaConfig, HeadSensitivity, ONLYConfig, PAIConfig, PAINTConfig, VARConfig, VISTAConfig
 from .methods.icd import ICDConfig
 from .methods.m3id import M3IDConfig
+from .methods.opera import OPERAConfig
 from .methods.vcd import VCDConfig
 from .patches.base import UnsupportedModelError, supported_families
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DoLaConfig", "FunnelConfig", "GenerationResult", "Handle", "HeadSensitivity", "ICDConfig", "Inspection", "LayerInspection", "M3IDConfig", "ONLYConfig", "PAIConfig", "PAINTConfig", "UnsupportedModelError", "VARConfig", "VCDConfig", "VISTAConfig", "ViCropConfig", "apply",
+    "DoLaConfig", "FunnelConfig", "GenerationResult", "Handle", "HeadSensitivity", "ICDConfig", "Inspection", "LayerInspection", "M3IDConfig", "ONLYConfig", "OPERAConfig", "PAIConfig", "PAINTConfig", "UnsupportedModelError", "VARConfig", "VCDConfig", "VISTAConfig", "ViCropConfig", "apply",
     "funnel_decide", "generate", "inspect_attention", "remove", "steered_generate", "supported_families", "vicrop_decide", "__version__",
 ]

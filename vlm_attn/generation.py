@@ -32,7 +32,9 @@ from .methods.funnel import (
     funnel_portfolio,
 )
 from .methods.vicrop import ViCropConfig, build_attention_prompts, relative_map, vicrop_images, window_search
+from .methods.opera import OPERAConfig
 from .methods.registry import check_unique
+from .passes.opera_search import opera_decoding
 from .patches.base import FamilyAdapter, get_adapter
 from .prompting import build_inputs, load_image
 
@@ -105,7 +107,7 @@ class GenerationResult:
 
     Attributes:
         text: the decoded answer (special tokens removed, stripped).
-        method: "funnel", "vicrop" or "none".
+        method: "funnel", "vicrop", "opera" (OPERA decoding, no input-level method) or "none".
         decision: the method's decision (maps, boxes, entropy), None without an input-level method.
         images: the images of the answer turn, in order (RGB).
         image_names: what each image is ("original", "focal", "alpha1", "alpha2", "crop").
@@ -262,14 +264,33 @@ def vicrop_decide(
 
 # ------------------------------------------------------------------------------------------- generate
 def split_methods(methods: Any) -> tuple[Any | None, list[Any]]:
-    """(the input-level config or None, the attention-method configs) from one config or a list."""
+    """(the per-sample config or None, the attention-method configs) from one config or a list.
+
+    The per-sample config is the input-level method (Funnel, ViCrop) or the decoding method (OPERA): either runs
+    one prompt per `generate` call. The two kinds do not combine (a clear error).
+    """
     items = [] if methods is None else list(methods) if isinstance(methods, (list, tuple)) else [methods]
     check_unique(items)
+    decoding = [m for m in items if isinstance(m, OPERAConfig)]
+    if decoding:
+        rest = [m for m in items if not isinstance(m, OPERAConfig)]
+        if any(isinstance(m, INPUT_METHODS) for m in rest):
+            raise ValueError("OPERA does not combine with an input-level method (FunnelConfig, ViCropConfig): "
+                             "use one of them, with any attention methods")
+        return decoding[0], rest
     inputs = [m for m in items if isinstance(m, INPUT_METHODS)]
     if len(inputs) > 1:
         names = ", ".join(type(m).__name__ for m in inputs)
         raise ValueError(f"at most one input-level method per call (FunnelConfig or ViCropConfig), got {names}")
     return (inputs[0] if inputs else None), [m for m in items if not isinstance(m, INPUT_METHODS)]
+
+
+def decoding_record(methods: Any) -> dict[str, Any]:
+    """How `generate` decodes with `methods`: greedy, or a decoding method's beam search (OPERA: its beams)."""
+    decoding, _ = split_methods(methods)
+    if not isinstance(decoding, OPERAConfig):
+        return {"greedy": True, "decoding": "greedy", "num_beams": 1}
+    return {"greedy": False, "decoding": "opera beam search", "num_beams": decoding.num_beams}
 
 
 def generate(
@@ -283,6 +304,9 @@ def generate(
     **generate_kwargs: Any,
 ) -> GenerationResult:
     """Greedy generation on `images` and `prompt`, with input-level and attention methods.
+
+    An `OPERAConfig` in `methods` switches decoding to OPERA's beam search (`vlm_attn.passes.opera_search`); it
+    composes with the attention methods (OPERA then reads their steered attention rows).
 
     Args:
         model, processor: a supported VLM and its processor (`vlm_attn.load_model`).
@@ -302,6 +326,11 @@ def generate(
     from .api import HANDLE_ATTR, apply, steered_generate
 
     input_method, attention_configs = split_methods(methods)
+    decoding = input_method if isinstance(input_method, OPERAConfig) else None
+    if decoding is not None:  # OPERA replaces the decoding loop (model.generate's custom_generate)
+        input_method = None
+        generate_kwargs = {**generate_kwargs, "num_beams": decoding.num_beams, "custom_generate": opera_decoding,
+                           "opera": decoding}
     pictures = list(images) if isinstance(images, (list, tuple)) else [images]
     if not pictures:
         raise ValueError("generate needs at least one image")
@@ -331,7 +360,7 @@ def generate(
             text_prompt = decision.prompts[0]
             method = "vicrop"
         else:
-            decision, method = None, "none"
+            decision, method = None, "opera" if decoding is not None else "none"
             sent = [load_image(p) for p in pictures]
             names = [f"image{i}" for i in range(len(sent))]
             text_prompt = build_answer_prompt(prompt, vqa)

@@ -230,9 +230,11 @@ def _check_binds(configs: Sequence[Any], model: Any, processor: Any = None) -> N
     this model refuses (e.g. `layers` beyond its depth) is refused before anything is generated."""
     from ..api import apply
     from ..methods.funnel import FunnelConfig
+    from ..methods.opera import OPERAConfig
     from ..methods.vicrop import ViCropConfig
 
-    attention = [c for c in configs if c is not None and not isinstance(c, (FunnelConfig, ViCropConfig))]
+    per_sample = (FunnelConfig, ViCropConfig, OPERAConfig)  # nothing to bind: they attach nothing to the model
+    attention = [c for c in configs if c is not None and not isinstance(c, per_sample)]
     if not attention:
         return
     try:

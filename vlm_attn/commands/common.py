@@ -171,7 +171,7 @@ def read_method_config(path: str) -> dict[str, dict[str, Any]]:
 
 
 def _selected(args: argparse.Namespace) -> tuple[str, ...]:
-    from ..methods.registry import INPUT
+    from ..methods.registry import DECODING, INPUT
 
     raw = getattr(args, "method", None)
     names = [raw] if isinstance(raw, str) else list(raw or [])
@@ -187,6 +187,10 @@ def _selected(args: argparse.Namespace) -> tuple[str, ...]:
     inputs = [n for n in out if known[n].kind == INPUT]
     if len(inputs) > 1:
         raise UserError(f"at most one input-level method (funnel or vicrop), got {', '.join(inputs)}")
+    decoding = [n for n in out if known[n].kind == DECODING]
+    if decoding and inputs:  # each replaces the per-sample generation: one of them per run
+        raise UserError(f"--method {decoding[0]} (a decoding method) does not combine with --method {inputs[0]} (an "
+                        "input-level method): choose one of them, with any attention methods")
     return tuple(out)
 
 

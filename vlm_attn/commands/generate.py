@@ -14,6 +14,7 @@ from .input_methods import format_decision
 def cmd_generate(args: argparse.Namespace) -> int:
     from .. import apply
     from ..generation import generate
+    from ..methods.opera import OPERAConfig
     from ..loading import load_model, sample_image_path
     from ..methods.crops import with_vqa_suffix
     from ..prompting import build_inputs
@@ -28,16 +29,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     configs = build_configs(spec, model)  # attention methods; the input-level one is spec.input_config
     check_against_model([*configs, spec.input_config], model, processor)  # model-dependent settings: before generating
     method = spec.input_config
+    decoding = [c for c in configs if isinstance(c, OPERAConfig)]  # OPERA: its own decoding loop
+    configs = [c for c in configs if not isinstance(c, OPERAConfig)]
     if not args.no_vanilla or not (configs or method is not None):
         write("== vanilla ==")
         write(generate_text(model, processor, batch, args.max_new_tokens))
-    if method is not None:
-        result = generate(model, processor, image, args.prompt, methods=[method, *configs], vqa=args.vqa,
+    if method is not None or decoding:
+        chosen = [*([method] if method is not None else []), *decoding, *configs]
+        result = generate(model, processor, image, args.prompt, methods=chosen, vqa=args.vqa,
                           max_new_tokens=args.max_new_tokens)
         write(f"== {' + '.join(spec.names)} ==")
         write(result.text)
-        write("== decision ==")
-        write(json.dumps(result.to_dict(), indent=2) if args.json else format_decision(result))
+        if decoding:
+            write("== decoding ==")
+            write(f"OPERA beam search: {json.dumps(decoding[0].to_dict())}")
+        if result.decision is not None:
+            write("== decision ==")
+            write(json.dumps(result.to_dict(), indent=2) if args.json else format_decision(result))
         if result.report:
             write("== report ==")
             write(json.dumps(result.report, indent=2) if args.json else format_report(result.report))

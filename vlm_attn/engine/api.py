@@ -65,3 +65,43 @@ def capturing(
     finally:
         engine.methods = saved
         method.unbind()
+
+
+@contextlib.contextmanager
+def lookahead(model: "nn.Module") -> Iterator[None]:
+    """Forwards inside are tentative: the engine's per-call position state is restored on exit.
+
+    OPERA feeds candidate tokens to look at their attention and then crops them from the KV cache; the engine must
+    forget them too, or its image-position bookkeeping would run ahead of the cache. Without an engine this does
+    nothing.
+    """
+    engine = engine_of(model)
+    call = engine.call if engine is not None else None
+    saved = None if call is None else (call.image_mask, call.prefill, dict(call._cache))
+    try:
+        yield
+    finally:
+        if call is not None and saved is not None:
+            call.image_mask, call.prefill = saved[0], saved[1]
+            call._cache.clear()
+            call._cache.update(saved[2])
+            engine.call = call
+
+
+def checkpoint_call(model: "nn.Module") -> object:
+    """An opaque copy of the engine's per-call position state (restore it with `restore_call`), None without one."""
+    engine = engine_of(model)
+    call = engine.call if engine is not None else None
+    return None if call is None else (call, call.image_mask, call.prefill, dict(call._cache))
+
+
+def restore_call(model: "nn.Module", token: object) -> None:
+    """Put back the per-call state `checkpoint_call` took (OPERA's rollback re-feeds a prefix from that point)."""
+    engine = engine_of(model)
+    if engine is None or token is None:
+        return
+    call, mask, prefill, cache = token  # type: ignore[misc]
+    call.image_mask, call.prefill = mask, prefill
+    call._cache.clear()
+    call._cache.update(cache)
+    engine.call = call

@@ -228,6 +228,12 @@ def guidance_record(configs: Sequence[Any]) -> dict[str, float] | None:
     return None if settings is None else {"gamma": settings[0], "cutoff": settings[1]}
 
 
+def _decoding(configs: Sequence[Any]) -> dict[str, Any]:
+    from ..generation import decoding_record
+
+    return decoding_record([c for c in configs if c is not None])
+
+
 def model_record(model: Any, model_id: str, revision: str | None = None) -> dict[str, Any]:
     """Model id, the revision asked for, the commit hash transformers resolved (when it knows it), class, dtype."""
     config = getattr(model, "config", None)
@@ -290,8 +296,8 @@ def _finish(
         "task": dataclasses.asdict(task),
         **provenance,
         "seed": options.seed,
-        "generation": {"greedy": not options.do_sample, **options.decoding().record(),
-                       "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
+        "generation": {**_decoding(configs), **({"greedy": False, "decoding": "sampling"} if options.do_sample else {}),
+                       **options.decoding().record(), "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
                        "padding_side": "left", "guidance": guidance_record(configs)},
         "n_samples": len(records),
         "errors": errors,

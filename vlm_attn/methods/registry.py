@@ -2,7 +2,8 @@
 
 Attention methods register with `register_method(ConfigClass)` on their engine plug; input-level methods (Visual
 Funnel, ViCrop: they pick the images of the answer turn, nothing is attached to the model) register their config
-with `register_input(ConfigClass)`, with no method class. Names are unique (a second class under a taken name is
+with `register_input(ConfigClass)`, with no method class; decoding methods (OPERA: they replace the decoding loop)
+with `register_decoding(ConfigClass)`. Names are unique (a second class under a taken name is
 refused) and looked up case-insensitively.
 """
 
@@ -13,6 +14,7 @@ from typing import Any, Callable, Iterable
 
 ATTENTION = "attention"
 INPUT = "input"
+DECODING = "decoding"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ def register_input(config_cls: type) -> type:
     return config_cls
 
 
+def register_decoding(config_cls: type) -> type:
+    """Register a decoding method's config (no engine method: it runs its own search loop); returns the class."""
+    _add(config_cls, None, DECODING)
+    return config_cls
+
+
 def entries() -> dict[str, Entry]:
     """Every registered method by name, sorted by name."""
     from . import _load_all  # noqa: F401
@@ -76,7 +84,7 @@ def lookup(name: str) -> Entry:
 
 
 def config_classes(kind: str | None = None) -> dict[str, type]:
-    """Method name -> config class (every method, or those of one kind: "attention" / "input")."""
+    """Method name -> config class (every method, or those of one kind: "attention" / "input" / "decoding")."""
     return {n: e.config for n, e in entries().items() if kind is None or e.kind == kind}
 
 
@@ -84,6 +92,10 @@ def build_method(config: Any) -> Any:
     """The engine method for an attention-method config, or a TypeError naming the accepted configs."""
     for entry in entries().values():
         if isinstance(config, entry.config):
+            if entry.kind == DECODING:
+                raise TypeError(f"{type(config).__name__} is a decoding method: pass it to "
+                                "vlm_attn.generate(..., methods=[...]) or to model.generate(custom_generate=..., "
+                                "see the README), not to apply")
             if entry.method is None:
                 raise TypeError(f"{type(config).__name__} is an input-level method: pass it to "
                                 "vlm_attn.generate(..., methods=[...]), not to apply")

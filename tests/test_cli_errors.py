@@ -85,6 +85,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
         (["eval", "pope", "--temperature", "0.5", "--out", "{out_dir}"], "add --do-sample"),
         (["eval", "chair", "--do-sample", "--top-p", "1.5", "--coco-root", "{out_dir}", "--out", "{out_dir}"],
          "--top-p must be in (0, 1]"),
+        (["eval", "pope", "--method", "opera", "--do-sample", "--out", "{out_dir}"], "which does not sample: drop --do-sample"),
     ],
 )
 def test_bad_input_is_one_line_before_any_model_load(argv, expected, files, tmp_path, capsys, no_model):

@@ -66,6 +66,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     tasks.check_options(options)
     spec = parse_method_args(args)  # method flags and --method-config, before any data or model is read
+    if args.do_sample and any(getattr(c, "name", None) == "opera" for c in spec.configs):
+        raise UserError("--method opera decodes with its own beam search, which does not sample: drop --do-sample "
+                        "(or pick a method that samples)")
     check_model_args(args)
     check_method_files(spec.configs)
     plan: tasks.ChairPlan | tasks.PopePlan

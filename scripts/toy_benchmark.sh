@@ -4,7 +4,7 @@
 #   bash scripts/toy_benchmark.sh [--quick] [OUT_DIR]
 #   TOY_ONLY="opera" bash scripts/toy_benchmark.sh toy_runs   # only the named rows (space-separated), then report
 #
-# Full: 300 CHAIR images and the 966 questions of each POPE split (3 x 966), seven methods; see the README for the
+# Full: 300 CHAIR images and the 966 questions of each POPE split (3 x 966), thirteen rows; see the README for the
 # measured time on 2 CPU cores. --quick: 60 CHAIR images and the first 120 questions of each POPE split (a smoke
 # run of the whole pipeline, numbers NOT comparable with the full table), written to OUT_DIR-quick by default.
 # Every step is resumable: run the same command again after an interruption and finished runs are kept.
@@ -54,6 +54,12 @@ run paint --method paint
 run paint-heads --method paint --method-config "$OUT/heads.json"
 run funnel --method funnel
 run opera --method opera  # official defaults: 5 beams, 5 candidates, rollback on
+run vcd --method vcd      # the baselines with their defaults, greedy (as every row here)
+run icd --method icd
+run m3id --method m3id
+run dola --method dola
+run vista --method vista
+run only --method only
 vlm-attn report "$OUT"/chair-* --csv "$OUT/chair.csv"
 vlm-attn report "$OUT"/pope-* --csv "$OUT/pope.csv"
 echo "toy_benchmark: total $((SECONDS - START)) s" >&2

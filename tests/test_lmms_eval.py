@@ -1,0 +1,174 @@
+"""The lmms-eval plugin (`lmms-eval --model vlm_attn`): a local toy POPE task through lmms-eval's own CLI gives, per
+question, the answers and the metrics of `vlm-attn eval pope` on the same questions; bad model_args are one-line
+errors raised before the model loads.
+
+lmms-eval runs in the interpreter that can import it: this one, or `$LMMS_EVAL_PYTHON` (.ci/run builds a venv for it,
+because its torchvision pin does not load against a CPU build of torch); the tests skip, saying so, when neither can.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK_DIR = Path(__file__).resolve().parent / "lmms_eval_task"
+N_QUESTIONS = 12
+
+
+def _lmms_python() -> str:
+    candidates = [sys.executable, os.environ.get("LMMS_EVAL_PYTHON", "")]
+    for python in filter(None, candidates):
+        ok = subprocess.run([python, "-c", "import lmms_eval.evaluator"], capture_output=True, text=True)
+        if ok.returncode == 0:
+            return python
+    pytest.skip("lmms-eval cannot be imported here (pip install 'vlm-attn[lmms-eval]', or point LMMS_EVAL_PYTHON at "
+                "an interpreter that has it, as .ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def lmms_python() -> str:
+    return _lmms_python()
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_toy_coco", ROOT / "scripts" / "make_toy_coco.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_toy_coco(tmp_path_factory.mktemp("toy"), n_train=20, n_val=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Offline env whose PYTHONPATH has this checkout and a dist-info declaring pyproject's lmms_eval.models entry
+    point (what `pip install vlm-attn` writes), so lmms-eval finds `--model vlm_attn` through its entry points."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    points = meta["project"]["entry-points"]["lmms_eval.models"]
+    site = tmp_path_factory.mktemp("site")
+    info = site / "vlm_attn_lmms_plugin-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vlm-attn-lmms-plugin\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(
+        "[lmms_eval.models]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    path = os.pathsep.join(p for p in (str(site), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "HF_DATASETS_CACHE": str(site / "datasets"), "OMP_NUM_THREADS": "1",
+            "VLM_ATTN_CACHE": os.environ.get("VLM_ATTN_CACHE", str(site / "cache"))}
+
+
+@pytest.fixture(scope="module")
+def task(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy POPE task folder: the YAML (data file filled in), its hooks, and the first questions of `random`."""
+    folder = tmp_path_factory.mktemp("task")
+    rows = [json.loads(line) for line in (toy_data / "pope" / "coco_pope_random.jsonl").read_text().splitlines()]
+    data = folder / "toy_pope.jsonl"
+    data.write_text("".join(json.dumps({
+        "question_id": r["question_id"], "image_path": str(toy_data / "val2014" / r["image"]),
+        "question": r["text"], "answer": r["label"]}) + "\n" for r in rows[:N_QUESTIONS]))
+    (folder / "toy_pope.yaml").write_text((TASK_DIR / "toy_pope.yaml.in").read_text().replace("{data_file}",
+                                                                                              str(data)))
+    shutil.copy(TASK_DIR / "toy_pope_utils.py", folder)
+    return folder
+
+
+def _vlm_attn_eval(toy_data: Path, out: Path, env: dict[str, str], *methods: str) -> tuple[list[str], dict]:
+    cmd = [sys.executable, "-m", "vlm_attn.cli", "eval", "pope", "--model", "toy-vlm", "--coco-root", str(toy_data),
+           "--pope-dir", str(toy_data / "pope"), "--splits", "random", "--limit", str(N_QUESTIONS),
+           "--max-new-tokens", "4", "--prompt", "{question}", "--batch-size", "5", "--no-progress", "--out", str(out),
+           *methods]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    return [r["output"] for r in records], metrics
+
+
+def _lmms_eval(python: str, task: Path, out: Path, env: dict[str, str], model_args: str) -> tuple[list[str], dict]:
+    cmd = [python, "-m", "lmms_eval", "--model", "vlm_attn", "--model_args", model_args, "--tasks", "toy_pope",
+           "--include_path", str(task), "--batch_size", "5", "--output_path", str(out), "--log_samples"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out.parent)
+    results = glob.glob(str(out / "*" / "*_results.json"))
+    assert done.returncode == 0 and results, (done.stdout + done.stderr)[-3000:]
+    samples = [json.loads(line) for line in Path(glob.glob(str(out / "*" / "*_samples_toy_pope.jsonl"))[0])
+               .read_text().splitlines()]
+    samples.sort(key=lambda s: s["doc_id"])
+    result = json.loads(Path(results[0]).read_text())
+    return [s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0]
+            for s in samples], result
+
+
+@pytest.mark.parametrize("methods", [(), ("pai",), ("funnel",)], ids=["baseline", "pai", "funnel"])
+def test_lmms_eval_matches_vlm_attn_eval(methods, lmms_python, toy_data, task, env, tmp_path):
+    """Same answers per question and same metrics: baseline, a second-branch method (PAI with its image-free
+    guidance) and an input-level one (Visual Funnel); the run record holds the version and the resolved configs."""
+    import vlm_attn
+
+    flags = [f for m in methods for f in ("--method", m)]
+    want_answers, want = _vlm_attn_eval(toy_data, tmp_path / "vlm", env, *flags)
+    args = "pretrained=toy-vlm" + (f",methods={'+'.join(methods)}" if methods else "") + \
+        f",record={tmp_path / 'record.json'}"
+    answers, result = _lmms_eval(lmms_python, task, tmp_path / "lmms", env, args)
+    assert len(answers) == N_QUESTIONS
+    assert answers == want_answers
+    got = result["results"]["toy_pope"]
+    for name in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        assert got[f"{name},none"] == pytest.approx(want["random"][name], abs=1e-12), name
+    assert result["config"]["model_args"] == args  # lmms-eval's own record of the model_args
+    record = json.loads((tmp_path / "record.json").read_text())
+    provenance = json.loads((tmp_path / "vlm" / "metrics.json").read_text())["provenance"]
+    assert record["vlm_attn_version"] == vlm_attn.__version__ == provenance["versions"]["vlm-attn"]
+    assert [(m["method"], {k: v for k, v in m.items() if k != "method"}) for m in record["methods"]] == \
+        [(m["class"], m["config"]) for m in provenance["methods"]]
+
+
+ERRORS = """
+import json, sys
+from lmms_eval.models import get_model
+cls = get_model("vlm_attn")
+out = {}
+for case, args in json.loads(sys.argv[1]).items():
+    try:
+        cls.create_from_arg_string(args, {"batch_size": 1})
+        out[case] = None
+    except Exception as exc:
+        out[case] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def test_bad_model_args_are_one_line_errors(lmms_python, env, tmp_path):
+    bad_config = tmp_path / "cfg.json"
+    bad_config.write_text(json.dumps({"var": {"p": 3}}))
+    cases = {
+        "unknown method": "pretrained=toy-vlm,methods=var+nope",
+        "bad setting": "pretrained=toy-vlm,methods=var,var_p=7",
+        "bad setting in file": f"pretrained=toy-vlm,methods=var,method_config={bad_config}",
+        "unknown setting": "pretrained=toy-vlm,methods=var,var_nope=1",
+        "setting of an unselected method": "pretrained=toy-vlm,methods=var,pai_alpha=0.5",
+        "unsupported family": "pretrained=tiny-bert",
+        "two input methods": "pretrained=toy-vlm,methods=funnel+vicrop",
+    }
+    done = subprocess.run([lmms_python, "-c", ERRORS, json.dumps(cases)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    for case, message in got.items():
+        assert message is not None, f"{case}: accepted"
+        assert "\n" not in message, f"{case}: {message}"
+    assert "unknown method 'nope'; choose from:" in got["unknown method"]
+    assert "VARConfig.p" in got["bad setting"]
+    assert "--method-config" in got["bad setting in file"]
+    assert "unrecognized arguments: --var-nope" in got["unknown setting"]
+    assert "--pai-alpha is set but --method pai is not selected" in got["setting of an unselected method"]
+    assert "no tiny model for 'bert'; choose tiny-<family> with family one of" in got["unsupported family"]
+    assert "at most one input-level method" in got["two input methods"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -69,16 +68,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def task(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The toy POPE task folder: the YAML (data file filled in), its hooks, and the first questions of `random`."""
+    """The task folder of scripts/lmms_eval_toy_pope.py: `toy_pope_random` over the first questions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lmms_eval_toy_pope", ROOT / "scripts" / "lmms_eval_toy_pope.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     folder = tmp_path_factory.mktemp("task")
-    rows = [json.loads(line) for line in (toy_data / "pope" / "coco_pope_random.jsonl").read_text().splitlines()]
-    data = folder / "toy_pope.jsonl"
-    data.write_text("".join(json.dumps({
-        "question_id": r["question_id"], "image_path": str(toy_data / "val2014" / r["image"]),
-        "question": r["text"], "answer": r["label"]}) + "\n" for r in rows[:N_QUESTIONS]))
-    (folder / "toy_pope.yaml").write_text((TASK_DIR / "toy_pope.yaml.in").read_text().replace("{data_file}",
-                                                                                              str(data)))
-    shutil.copy(TASK_DIR / "toy_pope_utils.py", folder)
+    assert module.write_tasks(toy_data, folder, ["random"], N_QUESTIONS) == ["toy_pope_random"]
     return folder
 
 
@@ -95,12 +92,12 @@ def _vlm_attn_eval(toy_data: Path, out: Path, env: dict[str, str], *methods: str
 
 
 def _lmms_eval(python: str, task: Path, out: Path, env: dict[str, str], model_args: str) -> tuple[list[str], dict]:
-    cmd = [python, "-m", "lmms_eval", "--model", "vlm_attn", "--model_args", model_args, "--tasks", "toy_pope",
+    cmd = [python, "-m", "lmms_eval", "--model", "vlm_attn", "--model_args", model_args, "--tasks", "toy_pope_random",
            "--include_path", str(task), "--batch_size", "5", "--output_path", str(out), "--log_samples"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out.parent)
     results = glob.glob(str(out / "*" / "*_results.json"))
     assert done.returncode == 0 and results, (done.stdout + done.stderr)[-3000:]
-    samples = [json.loads(line) for line in Path(glob.glob(str(out / "*" / "*_samples_toy_pope.jsonl"))[0])
+    samples = [json.loads(line) for line in Path(glob.glob(str(out / "*" / "*_samples_toy_pope_random.jsonl"))[0])
                .read_text().splitlines()]
     samples.sort(key=lambda s: s["doc_id"])
     result = json.loads(Path(results[0]).read_text())
@@ -121,7 +118,7 @@ def test_lmms_eval_matches_vlm_attn_eval(methods, lmms_python, toy_data, task, e
     answers, result = _lmms_eval(lmms_python, task, tmp_path / "lmms", env, args)
     assert len(answers) == N_QUESTIONS
     assert answers == want_answers
-    got = result["results"]["toy_pope"]
+    got = result["results"]["toy_pope_random"]
     for name in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
         assert got[f"{name},none"] == pytest.approx(want["random"][name], abs=1e-12), name
     assert result["config"]["model_args"] == args  # lmms-eval's own record of the model_args

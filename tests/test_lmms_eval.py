@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -79,19 +80,21 @@ def task(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _vlm_attn_eval(toy_data: Path, out: Path, env: dict[str, str], *methods: str) -> tuple[list[str], dict]:
-    cmd = [sys.executable, "-m", "vlm_attn.cli", "eval", "pope", "--model", "toy-vlm", "--coco-root", str(toy_data),
+def _vlm_attn_eval(python: str, toy_data: Path, out: Path, env: dict[str, str], *methods: str) -> tuple[list[str], dict]:
+    """`vlm-attn eval pope` in lmms-eval's interpreter: same packages (lmms-eval brings torchvision, which changes
+    the image processor transformers picks), so any difference is the plugin's."""
+    cmd = [python, "-m", "vlm_attn.cli", "eval", "pope", "--model", "toy-vlm", "--coco-root", str(toy_data),
            "--pope-dir", str(toy_data / "pope"), "--splits", "random", "--limit", str(N_QUESTIONS),
            "--max-new-tokens", "4", "--prompt", "{question}", "--batch-size", "5", "--no-progress", "--out", str(out),
            *methods]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    return [r["output"] for r in records], metrics
+    return [r["output"] for r in records], json.loads((out / "metrics.json").read_text())
 
 
-def _lmms_eval(python: str, task: Path, out: Path, env: dict[str, str], model_args: str) -> tuple[list[str], dict]:
+def _lmms_eval(python: str, task: Path, out: Path, env: dict[str, str], model_args: str
+               ) -> tuple[list[str], dict, dict]:
     cmd = [python, "-m", "lmms_eval", "--model", "vlm_attn", "--model_args", model_args, "--tasks", "toy_pope_random",
            "--include_path", str(task), "--batch_size", "5", "--output_path", str(out), "--log_samples"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out.parent)
@@ -101,32 +104,38 @@ def _lmms_eval(python: str, task: Path, out: Path, env: dict[str, str], model_ar
                .read_text().splitlines()]
     samples.sort(key=lambda s: s["doc_id"])
     result = json.loads(Path(results[0]).read_text())
-    return [s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0]
-            for s in samples], result
+    records = glob.glob(str(Path(results[0]).parent / "*_vlm_attn.json"))  # the plugin's record, beside results
+    assert len(records) == 1, records
+    answers = [s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0] for s in samples]
+    return answers, result, json.loads(Path(records[0]).read_text())
 
 
 @pytest.mark.parametrize("methods", [(), ("pai",), ("funnel",)], ids=["baseline", "pai", "funnel"])
 def test_lmms_eval_matches_vlm_attn_eval(methods, lmms_python, toy_data, task, env, tmp_path):
     """Same answers per question and same metrics: baseline, a second-branch method (PAI with its image-free
-    guidance) and an input-level one (Visual Funnel); the run record holds the version and the resolved configs."""
+    guidance) and an input-level one (Visual Funnel); the record beside lmms-eval's results holds the vlm-attn
+    version and the resolved method configs, as `vlm-attn eval`'s metrics.json does."""
     import vlm_attn
 
     flags = [f for m in methods for f in ("--method", m)]
-    want_answers, want = _vlm_attn_eval(toy_data, tmp_path / "vlm", env, *flags)
-    args = "pretrained=toy-vlm" + (f",methods={'+'.join(methods)}" if methods else "") + \
-        f",record={tmp_path / 'record.json'}"
-    answers, result = _lmms_eval(lmms_python, task, tmp_path / "lmms", env, args)
+    want_answers, want = _vlm_attn_eval(lmms_python, toy_data, tmp_path / "vlm", env, *flags)
+    args = "pretrained=toy-vlm" + (f",methods={'+'.join(methods)}" if methods else "")
+    answers, result, record = _lmms_eval(lmms_python, task, tmp_path / "lmms", env, args)
     assert len(answers) == N_QUESTIONS
     assert answers == want_answers
     got = result["results"]["toy_pope_random"]
     for name in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
-        assert got[f"{name},none"] == pytest.approx(want["random"][name], abs=1e-12), name
+        assert got[f"{name},none"] == pytest.approx(want["metrics"]["random"][name], abs=1e-12), name
     assert result["config"]["model_args"] == args  # lmms-eval's own record of the model_args
-    record = json.loads((tmp_path / "record.json").read_text())
-    provenance = json.loads((tmp_path / "vlm" / "metrics.json").read_text())["provenance"]
-    assert record["vlm_attn_version"] == vlm_attn.__version__ == provenance["versions"]["vlm-attn"]
-    assert [(m["method"], {k: v for k, v in m.items() if k != "method"}) for m in record["methods"]] == \
-        [(m["class"], m["config"]) for m in provenance["methods"]]
+    provenance = want["provenance"]
+    assert record["vlm_attn_version"] == vlm_attn.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", record["versions"]["lmms-eval"])  # results.json has only its git id
+    assert {k: v for k, v in record["versions"].items() if k != "lmms-eval"} == provenance["versions"]
+    assert record["methods"] == provenance["methods"]
+    assert [m["name"] for m in record["methods"]] == list(methods)
+    assert record["model"] == provenance["model"]
+    assert record["generation"]["guidance"] == provenance["generation"]["guidance"]
+    assert (record["generation"]["guidance"] is not None) == (methods == ("pai",))
 
 
 ERRORS = """

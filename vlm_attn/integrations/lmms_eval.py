@@ -9,17 +9,22 @@ input-method function, so a task gives the same answers here as under `vlm-attn 
 
 model_args: `pretrained` (hub id, local dir, `toy-vlm` or `tiny-<family>`), `methods` ("+"-separated),
 `method_config` (JSON file as for `--method-config`), `<method>_<setting>=V` (as `--<method>-<setting> V`),
-`device`, `dtype`, `revision`, `max_new_tokens` (default when a task sets none), `record` (a JSON file to write the
-run's record to: vlm-attn version, model, resolved method configs; lmms-eval's results.json keeps the model_args
-string itself). The batch size is lmms-eval's `--batch_size`.
+`device`, `dtype`, `revision`, `max_new_tokens` (default when a task sets none), `record` (where the run record goes:
+vlm-attn and package versions, model, resolved method configs; by default `<UTC time>_vlm_attn.json` beside
+lmms-eval's `*_results.json`, which itself keeps the model_args string; `record=none` writes none). The batch size
+is lmms-eval's `--batch_size`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import sys
+from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Sequence
 
 from lmms_eval.api.instance import Instance
@@ -86,6 +91,42 @@ def _positive(name: str, value: Any) -> int:
     return number
 
 
+def run_record(model: Any, model_id: str, revision: str | None, configs: Sequence[Any],
+               batch_size: int) -> dict[str, Any]:
+    """How this lmms-eval run was made, in `vlm-attn eval`'s metrics.json terms: vlm-attn / lmms-eval / torch /
+    transformers versions, the model, the resolved method configs (method_config file and settings applied), the
+    guidance that runs and the command line."""
+    from .. import __version__
+    from ..eval.tasks import guidance_record, method_records, model_record, package_versions
+
+    return {
+        "vlm_attn_version": __version__,
+        "versions": {**package_versions(), "lmms-eval": metadata.version("lmms-eval")},
+        "model": model_record(model, model_id, revision),
+        "methods": method_records(configs),
+        "generation": {"greedy": True, "batch_size": batch_size, "padding_side": "left",
+                       "guidance": guidance_record(configs)},
+        "command": list(sys.argv),
+    }
+
+
+def record_path(record: str | None, pretrained: str, argv: Sequence[str] | None = None) -> Path | None:
+    """Where the run record goes: `record=PATH`; by default next to lmms-eval's results
+    (`<--output_path>/<model folder>/<UTC time>_vlm_attn.json`, the folder lmms-eval names after `pretrained`);
+    nowhere for `record=none` or when lmms-eval writes no files (no `--output_path`)."""
+    if record is not None:
+        return None if str(record).lower() in ("", "none", "false") else Path(record)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--output_path")
+    output = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))[0].output_path
+    if not output:
+        return None
+    from lmms_eval.utils import sanitize_model_name
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    return Path(output) / sanitize_model_name(pretrained) / f"{stamp}_vlm_attn.json"
+
+
 class VlmAttn(lmms):
     """An lmms-eval model: any family vlm-attn supports, with any vlm-attn methods applied, batched."""
 
@@ -94,8 +135,6 @@ class VlmAttn(lmms):
                  max_new_tokens: int | str = 128, record: str | None = None, max_batch_size: Any = None,
                  **settings: Any) -> None:
         super().__init__()
-        import dataclasses
-
         from ..commands.checks import check_against_model, check_device, check_dtype, check_model_name
         from ..commands.common import build_configs
         from ..eval.runner import distributed_context
@@ -114,22 +153,14 @@ class VlmAttn(lmms):
         configs = build_configs(spec, self.model)
         check_against_model([*configs, spec.input_config], self.model)
         self.attention_configs, self.input_config = configs, spec.input_config
-        from .. import __version__
-
-        self.vlm_attn_record = {
-            "vlm_attn_version": __version__,
-            "lmms_eval_version": metadata.version("lmms-eval"),
-            "model": str(pretrained), "revision": revision, "dtype": str(self.model.dtype),
-            "methods": [{"method": type(c).__name__, **dataclasses.asdict(c)} for c in
-                        [*configs, *([spec.input_config] if spec.input_config is not None else [])]],
-        }
+        self.vlm_attn_record = run_record(self.model, str(pretrained), revision, [*configs, *(
+            [spec.input_config] if spec.input_config is not None else [])], self.batch_size_per_gpu)
         logger.info("vlm-attn run: %s", self.vlm_attn_record)
-        if record and self._rank == 0:
-            import json
-            from pathlib import Path
-
-            Path(record).parent.mkdir(parents=True, exist_ok=True)
-            Path(record).write_text(json.dumps(self.vlm_attn_record, indent=1, default=str) + "\n")
+        path = record_path(record, str(pretrained))
+        if path is not None and self._rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.vlm_attn_record, indent=1, default=str) + "\n", encoding="utf-8")
+            logger.info("vlm-attn record written to %s", path)
 
     @property
     def device(self) -> Any:

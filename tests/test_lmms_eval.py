@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -26,12 +27,14 @@ N_QUESTIONS = 12
 
 def _lmms_python() -> str:
     candidates = [sys.executable, os.environ.get("LMMS_EVAL_PYTHON", "")]
+    why = []
     for python in filter(None, candidates):
         ok = subprocess.run([python, "-c", "import lmms_eval.evaluator"], capture_output=True, text=True)
         if ok.returncode == 0:
             return python
-    pytest.skip("lmms-eval cannot be imported here (pip install 'vlm-attn[lmms-eval]', or point LMMS_EVAL_PYTHON at "
-                "an interpreter that has it, as .ci/run does)")
+        why.append(f"{python}: {(ok.stderr.strip().splitlines() or ['no output'])[-1]}")
+    pytest.skip("lmms-eval cannot be imported (" + "; ".join(why) + "): pip install 'vlm-attn[lmms-eval]', or point "
+                "LMMS_EVAL_PYTHON at an interpreter that has it, as .ci/run does")
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +96,20 @@ def _vlm_attn_eval(python: str, toy_data: Path, out: Path, env: dict[str, str], 
     return [r["output"] for r in records], json.loads((out / "metrics.json").read_text())
 
 
-def _lmms_eval(python: str, task: Path, out: Path, env: dict[str, str], model_args: str
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _lmms_eval(python: str, task: Path, out: Path, env: dict[str, str], model_args: str, processes: int = 1
                ) -> tuple[list[str], dict, dict]:
-    cmd = [python, "-m", "lmms_eval", "--model", "vlm_attn", "--model_args", model_args, "--tasks", "toy_pope_random",
+    """lmms-eval's CLI; with processes > 1 under `accelerate launch` on CPU (gloo), as lmms-eval runs on GPUs."""
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+              "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
+              "--dynamo_backend", "no"] if processes > 1 else []
+    env = {**env, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""} if processes > 1 else env
+    cmd = [python, *launch, "-m", "lmms_eval", "--model", "vlm_attn", "--model_args", model_args, "--tasks", "toy_pope_random",
            "--include_path", str(task), "--batch_size", "5", "--output_path", str(out), "--log_samples"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out.parent)
     results = glob.glob(str(out / "*" / "*_results.json"))
@@ -110,17 +124,19 @@ def _lmms_eval(python: str, task: Path, out: Path, env: dict[str, str], model_ar
     return answers, result, json.loads(Path(records[0]).read_text())
 
 
-@pytest.mark.parametrize("methods", [(), ("pai",), ("funnel",)], ids=["baseline", "pai", "funnel"])
-def test_lmms_eval_matches_vlm_attn_eval(methods, lmms_python, toy_data, task, env, tmp_path):
-    """Same answers per question and same metrics: baseline, a second-branch method (PAI with its image-free
-    guidance) and an input-level one (Visual Funnel); the record beside lmms-eval's results holds the vlm-attn
+@pytest.mark.parametrize("methods,processes", [((), 1), (("pai",), 2), (("funnel",), 1)],
+                         ids=["baseline", "pai-2-processes", "funnel"])
+def test_lmms_eval_matches_vlm_attn_eval(methods, processes, lmms_python, toy_data, task, env, tmp_path):
+    """Same answers per question and same metrics as one `vlm-attn eval` process: baseline, a second-branch method
+    (PAI with its image-free guidance) under a 2-process accelerate launch (lmms-eval shards the documents and
+    gathers them) and an input-level one (Visual Funnel); the record beside lmms-eval's results holds the vlm-attn
     version and the resolved method configs, as `vlm-attn eval`'s metrics.json does."""
     import vlm_attn
 
     flags = [f for m in methods for f in ("--method", m)]
     want_answers, want = _vlm_attn_eval(lmms_python, toy_data, tmp_path / "vlm", env, *flags)
     args = "pretrained=toy-vlm" + (f",methods={'+'.join(methods)}" if methods else "")
-    answers, result, record = _lmms_eval(lmms_python, task, tmp_path / "lmms", env, args)
+    answers, result, record = _lmms_eval(lmms_python, task, tmp_path / "lmms", env, args, processes)
     assert len(answers) == N_QUESTIONS
     assert answers == want_answers
     got = result["results"]["toy_pope_random"]
@@ -136,19 +152,29 @@ def test_lmms_eval_matches_vlm_attn_eval(methods, lmms_python, toy_data, task, e
     assert record["model"] == provenance["model"]
     assert record["generation"]["guidance"] == provenance["generation"]["guidance"]
     assert (record["generation"]["guidance"] is not None) == (methods == ("pai",))
+    assert record["world_size"] == processes
 
 
 ERRORS = """
-import json, sys
+import json, os, sys
+from accelerate import PartialState
 from lmms_eval.models import get_model
+from vlm_attn.errors import UserError
 cls = get_model("vlm_attn")
+cases = json.loads(sys.argv[1])
 out = {}
-for case, args in json.loads(sys.argv[1]).items():
+def attempt(case, args):
     try:
         cls.create_from_arg_string(args, {"batch_size": 1})
         out[case] = None
-    except Exception as exc:
-        out[case] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # [a vlm-attn UserError?, the line lmms-eval shows]
+        out[case] = [isinstance(exc, UserError), f"{type(exc).__name__}: {exc}"]
+for case, args in cases.items():
+    attempt(case, args)
+# lmms-eval's CLI set up accelerate as one process (no GPU, no ACCELERATE_USE_CPU) but the launch has two
+PartialState()
+os.environ["WORLD_SIZE"] = "2"
+attempt("cpu launch without ACCELERATE_USE_CPU", "pretrained=toy-vlm")
 print(json.dumps(out))
 """
 
@@ -165,16 +191,22 @@ def test_bad_model_args_are_one_line_errors(lmms_python, env, tmp_path):
         "unsupported family": "pretrained=tiny-bert",
         "two input methods": "pretrained=toy-vlm,methods=funnel+vicrop",
     }
-    done = subprocess.run([lmms_python, "-c", ERRORS, json.dumps(cases)], env=env, capture_output=True, text=True)
+    done = subprocess.run([lmms_python, "-c", ERRORS, json.dumps(cases)], env={**env, "CUDA_VISIBLE_DEVICES": ""},
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    for case, message in got.items():
-        assert message is not None, f"{case}: accepted"
-        assert "\n" not in message, f"{case}: {message}"
+    assert set(got) == {*cases, "cpu launch without ACCELERATE_USE_CPU"}
+    for case, result in got.items():
+        assert result is not None, f"{case}: accepted"
+        assert result[0] and "\n" not in result[1], f"{case}: {result}"  # a one-line UserError
+    got = {case: message for case, (_, message) in got.items()}
     assert "unknown method 'nope'; choose from:" in got["unknown method"]
-    assert "VARConfig.p" in got["bad setting"]
+    assert "VARConfig.p must be a number in [0, 1], got 7.0" in got["bad setting"]
     assert "--method-config" in got["bad setting in file"]
     assert "unrecognized arguments: --var-nope" in got["unknown setting"]
     assert "--pai-alpha is set but --method pai is not selected" in got["setting of an unselected method"]
     assert "no tiny model for 'bert'; choose tiny-<family> with family one of" in got["unsupported family"]
     assert "at most one input-level method" in got["two input methods"]
+    assert got["cpu launch without ACCELERATE_USE_CPU"].startswith(
+        "UserError: lmms-eval model vlm_attn: WORLD_SIZE is 2 but accelerate sees 1 processes")
+    assert "set ACCELERATE_USE_CPU=1 too" in got["cpu launch without ACCELERATE_USE_CPU"]

@@ -91,8 +91,8 @@ def _positive(name: str, value: Any) -> int:
     return number
 
 
-def run_record(model: Any, model_id: str, revision: str | None, configs: Sequence[Any],
-               batch_size: int) -> dict[str, Any]:
+def run_record(model: Any, model_id: str, revision: str | None, configs: Sequence[Any], batch_size: int,
+               world_size: int = 1) -> dict[str, Any]:
     """How this lmms-eval run was made, in `vlm-attn eval`'s metrics.json terms: vlm-attn / lmms-eval / torch /
     transformers versions, the model, the resolved method configs (method_config file and settings applied), the
     guidance that runs and the command line."""
@@ -106,6 +106,7 @@ def run_record(model: Any, model_id: str, revision: str | None, configs: Sequenc
         "methods": method_records(configs),
         "generation": {"greedy": True, "batch_size": batch_size, "padding_side": "left",
                        "guidance": guidance_record(configs)},
+        "world_size": world_size,
         "command": list(sys.argv),
     }
 
@@ -127,6 +128,25 @@ def record_path(record: str | None, pretrained: str, argv: Sequence[str] | None 
     return Path(output) / sanitize_model_name(pretrained) / f"{stamp}_vlm_attn.json"
 
 
+def _process_layout() -> Any:
+    """Rank and process count of lmms-eval's launch (`accelerate launch -m lmms_eval`), as `vlm-attn eval` reads them.
+
+    lmms-eval's CLI sets up accelerate before the model: on a machine without GPUs that setup is one process unless
+    ACCELERATE_USE_CPU=1, so a mismatch with WORLD_SIZE is refused with that fix.
+    """
+    from ..eval.runner import distributed_context
+
+    try:
+        return distributed_context()
+    except RuntimeError as exc:
+        import torch
+
+        hint = "" if torch.cuda.is_available() else (
+            "; without GPUs set ACCELERATE_USE_CPU=1 too: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            "--num_processes 2 -m lmms_eval --model vlm_attn ...")
+        raise UserError(f"lmms-eval model vlm_attn: {exc}{hint}") from exc
+
+
 class VlmAttn(lmms):
     """An lmms-eval model: any family vlm-attn supports, with any vlm-attn methods applied, batched."""
 
@@ -137,7 +157,6 @@ class VlmAttn(lmms):
         super().__init__()
         from ..commands.checks import check_against_model, check_device, check_dtype, check_model_name
         from ..commands.common import build_configs
-        from ..eval.runner import distributed_context
         from ..loading import load_model
 
         self.batch_size_per_gpu = _positive("batch_size", batch_size)
@@ -146,7 +165,7 @@ class VlmAttn(lmms):
         check_device(device)
         check_dtype(dtype)
         spec = parse_methods(methods, method_config, settings)  # before the model loads
-        dist = distributed_context()  # lmms-eval's accelerate launch: one slice of the documents per process
+        dist = _process_layout()  # lmms-eval's accelerate launch: one slice of the documents per process
         self._rank, self._world_size = dist.rank, dist.world
         hub = {"revision": revision} if revision else {}
         self.model, self.processor = load_model(str(pretrained), device=device or dist.device, dtype=dtype, **hub)
@@ -154,7 +173,7 @@ class VlmAttn(lmms):
         check_against_model([*configs, spec.input_config], self.model)
         self.attention_configs, self.input_config = configs, spec.input_config
         self.vlm_attn_record = run_record(self.model, str(pretrained), revision, [*configs, *(
-            [spec.input_config] if spec.input_config is not None else [])], self.batch_size_per_gpu)
+            [spec.input_config] if spec.input_config is not None else [])], self.batch_size_per_gpu, dist.world)
         logger.info("vlm-attn run: %s", self.vlm_attn_record)
         path = record_path(record, str(pretrained))
         if path is not None and self._rank == 0:

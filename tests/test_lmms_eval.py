@@ -210,3 +210,83 @@ def test_bad_model_args_are_one_line_errors(lmms_python, env, tmp_path):
     assert got["cpu launch without ACCELERATE_USE_CPU"].startswith(
         "UserError: lmms-eval model vlm_attn: WORLD_SIZE is 2 but accelerate sees 1 processes")
     assert "set ACCELERATE_USE_CPU=1 too" in got["cpu launch without ACCELERATE_USE_CPU"]
+
+
+SCORING = """
+import json, sys
+import torch
+from PIL import Image
+from lmms_eval.api.instance import Instance
+from lmms_eval.models import get_model
+from vlm_attn.errors import UserError
+from vlm_attn.prompting import build_inputs
+cls = get_model("vlm_attn")
+docs = json.loads(sys.argv[1])
+CAPTION = "Please describe this image in detail."
+visual = lambda doc: [Image.open(doc["image_path"]).convert("RGB")]
+def req(kind, args):
+    return Instance(kind, args, 0, metadata={"task": "t", "doc_id": args[3], "repeats": 1})
+def one_forward(lm, doc, text):  # log p(text | caption prompt) from one uncached forward over prompt + text
+    batch = build_inputs(lm.processor, visual(doc), [CAPTION])
+    target = lm.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = torch.cat([batch["input_ids"], target], dim=1)
+    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits.float()
+    n = target.shape[1]
+    return float(torch.log_softmax(logits[0, -n - 1:-1], -1).gather(1, target[0][:, None]).sum())
+out = {}
+for name, args in {"baseline": "pretrained=toy-vlm", "pai": "pretrained=toy-vlm,methods=pai,pai_guidance=false",
+                   "pai guidance": "pretrained=toy-vlm,methods=pai"}.items():
+    lm = cls.create_from_arg_string(args, {"batch_size": 2})
+    lm.task_dict = {"t": {"test": docs}}
+    answers = lm.generate_until([req("generate_until", (d["question"], {"max_new_tokens": 1}, visual, i, "t", "test"))
+                                 for i, d in enumerate(docs)])
+    captions = lm.generate_until([req("generate_until", (CAPTION, {"max_new_tokens": 5}, visual, i, "t", "test"))
+                                  for i, d in enumerate(docs)])
+    other = ["no" if a == "yes" else "yes" for a in answers]
+    try:
+        scores = lm.loglikelihood([req("loglikelihood", (d["question"], c, visual, i, "t", "test"))
+                                   for i, d in enumerate(docs) for c in (answers[i], other[i])])
+        caption_scores = lm.loglikelihood([req("loglikelihood", (CAPTION, c, visual, i, "t", "test"))
+                                           for i, c in enumerate(captions)])
+    except UserError as exc:
+        scores = caption_scores = str(exc)
+    uncached = [one_forward(lm, d, c) for d, c in zip(docs, captions)] if name == "baseline" else None
+    try:
+        lm.generate_until([req("generate_until", (docs[0]["question"], {"do_sample": True}, visual, 0, "t", "test"))])
+        sampling = None
+    except UserError as exc:
+        sampling = str(exc)
+    out[name] = {"answers": answers, "scores": scores, "captions": captions, "caption_scores": caption_scores,
+                 "uncached": uncached, "sampling": sampling}
+print(json.dumps(out))
+"""
+
+
+def test_loglikelihood_scores_the_greedy_answer_with_methods_applied(lmms_python, toy_data, env):
+    """`loglikelihood` (lmms-eval's multiple-choice tasks) scores a continuation as generation produces it: the
+    yes/no answer and the 5-token caption that `generate_until` gives are the greedy continuations (with PAI too,
+    whose steering acts on each decode step's row) and the other answer scores lower; without methods the cached
+    step-by-step score equals one uncached forward; PAI changes the scores; guidance and sampling are refused."""
+    rows = [json.loads(line) for line in (toy_data / "pope" / "coco_pope_random.jsonl").read_text().splitlines()][:4]
+    docs = [{"question": r["text"], "image_path": str(toy_data / "val2014" / r["image"])} for r in rows]
+    done = subprocess.run([lmms_python, "-c", SCORING, json.dumps(docs)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("baseline", "pai"):
+        answers, scores = got[name]["answers"], got[name]["scores"]
+        assert set(answers) <= {"yes", "no"}, answers
+        assert len(scores) == 2 * len(docs)
+        for i in range(len(docs)):
+            (mine, greedy), (theirs, other_greedy) = scores[2 * i], scores[2 * i + 1]
+            assert greedy and not other_greedy and theirs < mine < 0, (name, i, scores)
+        assert all(len(c.split()) >= 3 for c in got[name]["captions"]), got[name]["captions"]
+        assert all(greedy and logprob < 0 for logprob, greedy in got[name]["caption_scores"]), (name, got[name])
+    base = got["baseline"]
+    assert [lp for lp, _ in base["caption_scores"]] == pytest.approx(base["uncached"], abs=1e-4)  # cache = no cache
+    assert got["pai"]["caption_scores"] != base["caption_scores"]  # PAI's steering acts on the scoring steps
+    assert got["pai"]["scores"] != base["scores"]
+    assert "image-free guidance" in got["pai guidance"]["scores"] and "_guidance=false" in got["pai guidance"]["scores"]
+    for name in got:
+        assert "decodes greedily" in got[name]["sampling"] and "temperature=0" in got[name]["sampling"]

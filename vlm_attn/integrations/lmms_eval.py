@@ -254,9 +254,10 @@ class VlmAttn(lmms):
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """(log p(continuation | image, context), whether it is the greedy continuation) with the methods applied.
 
-        One forward pass per request over the chat-formatted prompt followed by the continuation's tokens. PAI /
-        PAINT image-free guidance acts on generation only and input-level methods choose crops for an answer, so
-        those are refused here with the fix.
+        Scored as generation would produce it: a prefill over the chat-formatted prompt, then one cached step per
+        continuation token, so methods that steer the current token's row (PAI, PAINT, VAR's decode-time sinks)
+        act on every scored position exactly as when the model generates that continuation. Image-free guidance
+        and input-level methods act on generation only, so those are refused here with the fix.
         """
         import torch
 
@@ -278,15 +279,19 @@ class VlmAttn(lmms):
                 image = self._image(request, doc_to_visual, doc_id, task, split)
                 batch = build_inputs(self.processor, [image], [context]).to(self.model.device, dtype=self.model.dtype)
                 target = tokenizer(str(continuation), add_special_tokens=False, return_tensors="pt")["input_ids"]
-                target = target.to(self.model.device)
-                ids = torch.cat([batch["input_ids"], target], dim=1)
-                mask = torch.ones_like(ids)
-                extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-                logits = self.model(input_ids=ids, attention_mask=mask, **extra).logits.float()
-                n = target.shape[1]
-                scores = torch.log_softmax(logits[0, -n - 1 : -1], dim=-1)
-                logprob = float(scores.gather(1, target[0][:, None]).sum())
-                greedy = bool((scores.argmax(-1) == target[0]).all())
+                target = target[0].to(self.model.device)
+                step = self.model(**batch, use_cache=True)
+                logits, mask, position = [step.logits[0, -1]], batch["attention_mask"], batch["input_ids"].shape[1]
+                for token in target[:-1]:  # teacher-forced decode steps, as generate would run them
+                    mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
+                    step = self.model(input_ids=token.view(1, 1), attention_mask=mask, use_cache=True,
+                                      past_key_values=step.past_key_values,
+                                      cache_position=torch.tensor([position], device=mask.device))
+                    logits.append(step.logits[0, -1])
+                    position += 1
+                scores = torch.log_softmax(torch.stack(logits).float(), dim=-1)
+                logprob = float(scores.gather(1, target[:, None]).sum())
+                greedy = bool((scores.argmax(-1) == target).all())
                 out.append((logprob, greedy))
         return out
 

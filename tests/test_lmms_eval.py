@@ -2,8 +2,9 @@
 question, the answers and the metrics of `vlm-attn eval pope` on the same questions; bad model_args are one-line
 errors raised before the model loads.
 
-lmms-eval runs in the interpreter that can import it: this one, or `$LMMS_EVAL_PYTHON` (.ci/run builds a venv for it,
-because its torchvision pin does not load against a CPU build of torch); the tests skip, saying so, when neither can.
+lmms-eval runs in the interpreter that can import it: this one, or `$LMMS_EVAL_PYTHON` (.ci/run builds a venv layered
+over the test environment, so the packages lmms-eval brings do not change the rest of the suite); `vlm-attn eval` runs
+in that same interpreter. The tests skip, naming the import error, when neither can import lmms-eval.
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@ over 32 new tokens and peak memory, each as a ratio to vanilla SDPA:
                             capture shows in its prefill ratio, target <= 1.05x)
 - pai+guidance, ...         with the image-free guidance pass (a second forward per step: compare with 2x)
   (select with --variants sdpa,pai,paint,pai+guidance,paint+guidance)
+- vcd, icd, m3id, var+vcd   the contrastive decoders: a second branch (noised image / disturbed instruction / no
+                            image) with its own KV cache, one extra forward per step (target: decode <= 2.05x;
+                            peak memory <= 1.10x plus the second cache)
+- dola, vista, only         the same-forward baselines with their defaults (target: decode <= 1.15x, peak memory
+                            <= 1.05x; VISTA's prefill carries its two steering-vector prefills)
 
 How time is measured: every generate call carries a `bench_timing.StepClock` in `stopping_criteria`. generate
 calls stopping criteria once per new token AFTER the forward, all logits processors (the guidance variants' own
@@ -100,10 +105,21 @@ def make_inputs(device: str):
             "pixel_values": pixels.to(device)}
 
 
-VARIANTS = ("sdpa", "eager", "peer", "var", "pai", "paint", "pai+guidance", "paint+guidance")
+VARIANTS = ("sdpa", "eager", "peer", "var", "pai", "paint", "pai+guidance", "paint+guidance", "vcd", "icd", "m3id",
+            "var+vcd", "dola", "vista", "only")
 NAMES = {"sdpa": "vanilla SDPA", "eager": "vanilla eager", "peer": "peer style (eager + outputs)",
          "var": "VAR (vlm-attn)", "pai": "PAI, no guidance", "paint": "PAINT, no guidance",
-         "pai+guidance": "PAI + guidance (vs 2x)", "paint+guidance": "PAINT + guidance (vs 2x)"}
+         "pai+guidance": "PAI + guidance (vs 2x)", "paint+guidance": "PAINT + guidance (vs 2x)",
+         "vcd": "VCD (vs 2x)", "icd": "ICD (vs 2x)", "m3id": "M3ID (vs 2x)", "var+vcd": "VAR + VCD (vs 2x)",
+         "dola": "DoLa (low layers)", "vista": "VISTA (VSV + SLA)", "only": "ONLY"}
+CONTRASTIVE = {"vcd", "icd", "m3id", "var+vcd"}  # second-branch decoders: +1 forward per step (own KV cache)
+
+
+def bench_tokenizer():
+    """A real tokenizer for ICD's disturbance (the shipped toy model's; the random model has none)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "vlm_attn" / "assets" / "toy_vlm")
 
 
 def attach(model, variant: str):
@@ -117,7 +133,14 @@ def attach(model, variant: str):
     method = variant.split("+")[0]
     config = {"var": lambda: vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3),
               "pai": lambda: vlm_attn.PAIConfig(alpha=0.2, guidance=guided),
-              "paint": lambda: vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=guided)}.get(method)
+              "paint": lambda: vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=guided),
+              "dola": lambda: vlm_attn.DoLaConfig(), "vista": lambda: vlm_attn.VISTAConfig(),
+              "only": lambda: vlm_attn.ONLYConfig()}.get(method)
+    if variant in CONTRASTIVE:
+        var = vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3)
+        decoder = {"icd": vlm_attn.ICDConfig, "m3id": vlm_attn.M3IDConfig}.get(method, vlm_attn.VCDConfig)()
+        configs = [var, decoder] if variant == "var+vcd" else [decoder]
+        return vlm_attn.apply(model, configs, processor=bench_tokenizer() if method == "icd" else None), extra
     handle = vlm_attn.apply(model, config()) if config is not None else None
     return handle, extra
 
@@ -164,7 +187,9 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens:
     else:
         peak = max(0, _peak_rss() - rss_before)
     out = {"variant": variant, "prefill_s": prefill, "decode_step_s": steps, "peak_bytes": peak}
-    if handle is not None and variant != "var":
+    if handle is not None and variant in CONTRASTIVE:
+        out["method_report"] = {"guidance": handle.report().get("guidance")}  # "applied": the branch ran
+    elif handle is not None and variant != "var":
         out["method_report"] = {k: v for k, v in handle.report().get(variant.split("+")[0], {}).items()
                                 if k in ("active", "images", "local_tokens", "summary_tokens")}
     elif handle is not None:

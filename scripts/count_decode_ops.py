@@ -6,7 +6,7 @@ where each generate step starts; the ops of one decode step are those between th
 (the steady state: caches built, first-decode work done). Op counts do not depend on tensor sizes, only on the code
 path, so the figure is exact and repeatable (no timing noise). Usage:
 
-    python scripts/count_decode_ops.py [--variants sdpa,var,pai,paint]
+    python scripts/count_decode_ops.py [--variants sdpa,var,pai,paint,dola,vista,only]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def decode_step_ops(model: torch.nn.Module, inputs: dict) -> int:
             model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     finally:
         hook.remove()
-    return starts[3] - starts[2]
+    return starts[-1] - starts[-2]  # the last two forwards: VISTA's steering passes add forwards to the prefill only
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configs = {"sdpa": None, "var": vlm_attn.VARConfig(sink_dims=(1, 2, 3), tau=3.0, rho=0.3),
                "pai": vlm_attn.PAIConfig(alpha=0.2, guidance=False),
-               "paint": vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=False)}
+               "paint": vlm_attn.PAINTConfig(alpha=0.7, beta=0.4, guidance=False),
+               "dola": vlm_attn.DoLaConfig(), "vista": vlm_attn.VISTAConfig(), "only": vlm_attn.ONLYConfig()}
     model = build_model()
     inputs = make_inputs("cpu")
     counts = {}

@@ -16,6 +16,10 @@ from vlm_attn.testing.tiny import load_tiny, tiny_path
 CORE_FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"]
 # The shared reference data sits beside the checkout; VLM_ATTN_SHARED points elsewhere (e.g. from a git worktree).
 SHARED = Path(os.environ.get("VLM_ATTN_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+# The nltk data of CHAIR's reference path (punkt_tab, the perceptron tagger, WordNet 3.0) ships in shared/: point
+# nltk at it (before anything imports nltk) so the tests exercise that path too; an NLTK_DATA already set wins.
+if "NLTK_DATA" not in os.environ and (SHARED / "data" / "nltk_data").is_dir():
+    os.environ["NLTK_DATA"] = str(SHARED / "data" / "nltk_data")
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 # Tiny models need no intra-op parallelism; on shared, busy cores the spinning OpenMP threads turned a 4 ms forward

@@ -77,6 +77,14 @@ def files(tmp_path: Path) -> dict[str, Path]:
         (["calibrate-heads", "--images", "{missing}"], "no such folder"),
         (["calibrate-heads", "--n", "0"], "--n must be at least 1"),
         (["eval", "pope", "--model", "tiny-foo", "--out", "{out_dir}"], "no tiny model for 'foo'"),
+        (["generate", "--method", "vcd", "--vcd-alpha", "-1"], "VCDConfig.alpha must be"),
+        (["generate", "--method", "vcd", "--vcd-noise-step", "1000"], "VCDConfig.noise_step must be"),
+        (["generate", "--method", "m3id", "--m3id-alpha", "0"], "M3IDConfig.alpha must be"),
+        (["generate", "--method", "icd", "--icd-beta", "2"], "ICDConfig.beta must be"),
+        (["inspect", "--method", "vcd", "--out", "{out_png}"], "changes the next-token logits, not attention"),
+        (["eval", "pope", "--temperature", "0.5", "--out", "{out_dir}"], "add --do-sample"),
+        (["eval", "chair", "--do-sample", "--top-p", "1.5", "--coco-root", "{out_dir}", "--out", "{out_dir}"],
+         "--top-p must be in (0, 1]"),
     ],
 )
 def test_bad_input_is_one_line_before_any_model_load(argv, expected, files, tmp_path, capsys, no_model):

@@ -98,10 +98,12 @@ def test_from_dict_and_load_refusals(tmp_path):
 # ------------------------------------------------------------------------------------------- registry
 def test_registry_by_name():
     ours = {n for n, c in registry.config_classes().items() if issubclass(c, MethodConfig)}  # tests add others
-    assert ours == {"var", "pai", "paint", "funnel", "vicrop"}
+    contrastive = {"vcd", "icd", "m3id"}  # second-branch decoders (methods/vcd.py, icd.py, m3id.py)
+    same_forward = {"dola", "vista", "only"}  # read-out decoders (methods/dola.py, vista.py, only.py)
+    assert ours == {"var", "pai", "paint", "funnel", "vicrop"} | contrastive | same_forward
     assert set(registry.config_classes("input")) == {"funnel", "vicrop"}
     assert registry.lookup("PAINT").config is PAINTConfig
-    with pytest.raises(KeyError, match="unknown method 'opera'; choose from: funnel, "):
+    with pytest.raises(KeyError, match="unknown method 'opera'; choose from: dola, funnel, "):
         registry.lookup("opera")
     with pytest.raises(TypeError, match="input-level"):
         registry.build_method(FunnelConfig())
@@ -182,7 +184,7 @@ def test_flags_reach_the_configs():
     ('{"pai": {"alpha": 0.1}}', "has settings for 'pai' but --method pai is not selected"),
     ('{"var": {"q": 1}}', "VARConfig has no setting 'q'; known: p, rho"),
     ('{"var": {"p": "x"}}', r"VARConfig.p must be a number in \[0, 1\], got 'x' \(str\)"),
-    ('{"opera": {}}', "names unknown method 'opera'; choose from: funnel, pai, paint, var, vicrop"),
+    ('{"opera": {}}', "names unknown method 'opera'; choose from: dola, funnel, icd, m3id, only, pai, paint, var, vcd, vicrop, vista"),
 ])
 def test_bad_method_config(tmp_path, no_model, content, expected):
     path = tmp_path / "m.json"
@@ -195,7 +197,7 @@ def test_bad_method_config(tmp_path, no_model, content, expected):
 @pytest.mark.parametrize("argv, expected", [
     (["--method", "var", "--method", "VAR"], "--method var given twice"),
     (["--method", "funnel", "--method", "vicrop"], "at most one input-level method"),
-    (["--method", "foo"], "unknown method 'foo'; choose from: funnel, pai, paint, var, vicrop"),
+    (["--method", "foo"], "unknown method 'foo'; choose from: dola, funnel, icd, m3id, only, pai, paint, var, vcd, vicrop, vista"),
     (["--pai-alpha", "0.3"], "--pai-alpha is set but --method pai is not selected"),
     (["--method", "var", "--anchor-layer", "3"], "--anchor-layer is for funnel or vicrop"),
     (["--method", "pai", "--pai-cutoff", "0"], r"PAIConfig.cutoff must be a number in \(0, 1\]"),

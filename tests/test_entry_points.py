@@ -1,7 +1,7 @@
 """Every entry point runs exactly the same method (issue 11 §1): one sample, one method, identical text everywhere.
 
 For each method (VAR with the model's demo sink dims, PAI, PAINT, PAI without guidance, VAR + PAI + PAINT, the
-Visual Funnel, ViCrop) the same image and prompt go through `vlm_attn.generate`, `Handle.generate`,
+Visual Funnel, ViCrop, and the same-forward baselines DoLa, VISTA, ONLY, VAR + VISTA) the same image and prompt go through `vlm_attn.generate`, `Handle.generate`,
 `vlm_attn.steered_generate`, an unchanged `model.generate` with `handle.logits_processor(inputs)`, the CLI
 `generate`, the evaluation runner on a one-sample list, `inspect --answer` and the pipeline helper, wherever the
 entry point takes that method. All must give the same tokens. On the shipped toy model and tiny Qwen2-VL.
@@ -32,7 +32,13 @@ NEW_TOKENS = 8  # enough for PAI/PAINT guidance to change the text on both model
 PROMPT = "Please describe this image in detail."
 IMAGE = sample_image_path()
 INPUT_LEVEL = ("funnel", "vicrop")
-METHODS = ("var", "pai", "paint", "pai_noguide", "var+pai+paint", "funnel", "vicrop")
+CONTRASTIVE = ("vcd", "icd", "m3id", "var+vcd")  # logits-level decoders: no attention picture for inspect
+SAME_FORWARD = ("dola", "vista", "only")  # they edit logits, not attention: nothing for `inspect` to picture
+METHODS = ("var", "pai", "paint", "pai_noguide", "var+pai+paint", "funnel", "vicrop", *CONTRASTIVE, *SAME_FORWARD,
+           "var+vista")
+# settings strong enough to change the 8 tokens of both test models (the defaults leave some unchanged)
+VCD = {"alpha": 3.0, "noise_step": 999}
+M3ID = {"lam": 0.5, "alpha": 1.0}
 # method -> (CLI --method names, --method-config content)
 CLI_METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "var": (["var"], {}),
@@ -42,6 +48,14 @@ CLI_METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "var+pai+paint": (["var", "pai", "paint"], {}),
     "funnel": (["funnel"], {}),
     "vicrop": (["vicrop"], {}),
+    "vcd": (["vcd"], {"vcd": VCD}),
+    "icd": (["icd"], {}),
+    "m3id": (["m3id"], {"m3id": M3ID}),
+    "var+vcd": (["var", "vcd"], {"vcd": VCD}),
+    "dola": (["dola"], {}),
+    "vista": (["vista"], {"vista": {"strength": 0.5}}),
+    "only": (["only"], {}),
+    "var+vista": (["var", "vista"], {}),
 }
 
 
@@ -61,6 +75,14 @@ def method_configs(method: str, model: Any) -> list[Any]:
         "var+pai+paint": lambda: [var(), vlm_attn.PAIConfig(), vlm_attn.PAINTConfig()],
         "funnel": lambda: [vlm_attn.FunnelConfig()],
         "vicrop": lambda: [vlm_attn.ViCropConfig()],
+        "vcd": lambda: [vlm_attn.VCDConfig(**VCD)],
+        "icd": lambda: [vlm_attn.ICDConfig()],
+        "m3id": lambda: [vlm_attn.M3IDConfig(**M3ID)],
+        "var+vcd": lambda: [var(), vlm_attn.VCDConfig(**VCD)],
+        "dola": lambda: [vlm_attn.DoLaConfig()],
+        "vista": lambda: [vlm_attn.VISTAConfig(strength=0.5)],
+        "only": lambda: [vlm_attn.ONLYConfig()],
+        "var+vista": lambda: [var(), vlm_attn.VISTAConfig()],
     }[method]()
 
 
@@ -99,21 +121,21 @@ def via_generate(s: Subject, method: str, tmp: Path) -> str:
 
 def via_handle(s: Subject, method: str, tmp: Path) -> str:
     batch = s.batch()
-    with vlm_attn.apply(s.model, method_configs(method, s.model)) as handle:
+    with vlm_attn.apply(s.model, method_configs(method, s.model), processor=s.processor) as handle:
         out = handle.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
     return s.decode(out, batch["input_ids"].shape[1])
 
 
 def via_steered_generate(s: Subject, method: str, tmp: Path) -> str:
     batch = s.batch()
-    with vlm_attn.apply(s.model, method_configs(method, s.model)):
+    with vlm_attn.apply(s.model, method_configs(method, s.model), processor=s.processor):
         out = vlm_attn.steered_generate(s.model, **batch, max_new_tokens=NEW_TOKENS, do_sample=False)
     return s.decode(out, batch["input_ids"].shape[1])
 
 
 def via_model_generate(s: Subject, method: str, tmp: Path) -> str:
     batch = s.batch()
-    with vlm_attn.apply(s.model, method_configs(method, s.model)) as handle, torch.no_grad():
+    with vlm_attn.apply(s.model, method_configs(method, s.model), processor=s.processor) as handle, torch.no_grad():
         out = s.model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False,
                                logits_processor=handle.logits_processor(batch))
     return s.decode(out, batch["input_ids"].shape[1])
@@ -190,8 +212,8 @@ def test_every_entry_point_gives_the_same_text(subject: Subject, method: str, tm
         for name, run in ATTENTION_ONLY.items():
             texts[name] = run(subject, method, tmp_path)
     for name, run in CLI_ENTRY_POINTS.items():
-        if name == "cli inspect --answer" and "+" in method:
-            continue  # inspect pictures one method at a time
+        if name == "cli inspect --answer" and ("+" in method or method in CONTRASTIVE or method in SAME_FORWARD):
+            continue  # inspect pictures one attention method at a time (refusals: test_contrastive, test_same_forward)
         texts[name] = run(subject, method, tmp_path, capsys, monkeypatch)
     assert not hasattr(subject.model, "_vlm_attn_handle"), "an entry point left its handle applied"
     reference = texts["vlm_attn.generate"]
@@ -252,22 +274,65 @@ def test_eval_chair_runs_and_records_the_guidance(guidance: bool, tmp_path: Path
     assert json.loads((out / "run.json").read_text())["methods"][0]["config"]["guidance"] is guidance
 
 
+def test_contrastive_decoders_change_the_text(subject: Subject):
+    """Each contrastive decoder (with the matrix settings) changes the text, so the matrix sees a lost one."""
+    def text(method: str | None) -> str:
+        return vlm_attn.generate(subject.model, subject.processor, IMAGE, PROMPT, max_new_tokens=NEW_TOKENS,
+                                 methods=method_configs(method, subject.model) if method else None).text
+
+    vanilla = text(None)
+    assert all(text(method) != vanilla for method in ("vcd", "icd", "m3id"))
+
+
+def test_eval_samples_with_a_seed_and_records_it(tmp_path: Path, capsys):
+    """`eval --method vcd --do-sample` draws the same tokens for the same seed, others for another, and records it."""
+    coco = _mini_coco(tmp_path / "coco")
+
+    def run(name: str, *extra: str) -> tuple[str, dict[str, Any]]:
+        out = tmp_path / name
+        assert main(["eval", "chair", "--model", "toy-vlm", "--method", "vcd", "--coco-root", str(coco),
+                     "--out", str(out), "--max-new-tokens", "12", "--lemmatizer", "offline", "--no-progress",
+                     "--do-sample", *extra]) == 0
+        output = json.loads((out / "samples.jsonl").read_text().splitlines()[0])["output"]
+        return output, json.loads((out / "metrics.json").read_text())["provenance"]
+
+    first, prov = run("a", "--seed", "3", "--temperature", "1.5")
+    again, _ = run("b", "--seed", "3", "--temperature", "1.5")
+    other = {run(f"c{seed}", "--seed", str(seed), "--temperature", "1.5")[0] for seed in (4, 5)}
+    assert first == again and other != {first}
+    assert prov["generation"]["greedy"] is False
+    assert {k: prov["generation"][k] for k in ("do_sample", "temperature", "top_p")} == \
+        {"do_sample": True, "temperature": 1.5, "top_p": 1.0}
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["decoding"]["temperature"] == 1.5
+    capsys.readouterr()
+    for bad in (["--temperature", "0.5"], ["--do-sample", "--top-p", "0"], ["--do-sample", "--temperature", "-1"]):
+        with pytest.raises(SystemExit) as info:
+            main(["eval", "chair", "--model", "toy-vlm", "--coco-root", str(coco), "--out", str(tmp_path / "bad"),
+                  *bad])
+        assert info.value.code == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: --"), lines  # names the flag, before any model
+    assert not (tmp_path / "bad").exists()
+
+
 # ------------------------------------------------------------------------------------------- pipeline, refusals
 def _messages(image: Any, prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}]
 
 
-def test_pipeline_guidance_is_per_call_and_batched(tmp_path: Path):
-    """A left-padded pipeline batch of two prompts of different length gives each its guided single answer, twice."""
+@pytest.mark.parametrize("method", ["pai", "icd", "vcd"])
+def test_pipeline_guidance_is_per_call_and_batched(method: str, tmp_path: Path):
+    """A left-padded pipeline batch of two prompts of different length gives each its guided single answer, twice
+    (PAI's image-free branch, ICD's disturbed-prompt branch, VCD's noised-image branch)."""
     from .conftest import make_image
 
     model, processor = load_model("toy-vlm")
     other = tmp_path / "other.png"
     make_image(1, (96, 96)).save(other)
     samples = [(IMAGE, PROMPT), (other, "What is in the image?")]
-    expected = [vlm_attn.generate(model, processor, im, pr, methods=[vlm_attn.PAIConfig()],
+    expected = [vlm_attn.generate(model, processor, im, pr, methods=method_configs(method, model),
                                   max_new_tokens=NEW_TOKENS).text for im, pr in samples]
-    pipe = steered_pipeline(model, vlm_attn.PAIConfig(), processor=processor)
+    pipe = steered_pipeline(model, method_configs(method, model), processor=processor)
     try:
         for _ in range(2):  # the second call must not see the first call's guidance state
             batch = pipe(text=[_messages(str(im), pr) for im, pr in samples], batch_size=2,
@@ -331,3 +396,21 @@ def test_transparent_image_is_the_same_picture_everywhere(tmp_path: Path, capsys
     texts["PIL image"] = vlm_attn.generate(model, processor, rgba, PROMPT, methods=[vlm_attn.PAIConfig()],
                                            max_new_tokens=NEW_TOKENS).text
     assert len(set(texts.values())) == 1, {k: v for k, v in texts.items() if v != texts["vlm_attn.generate"]}
+
+
+@pytest.mark.parametrize("method", SAME_FORWARD)
+def test_eval_chair_runs_the_same_forward_methods(method: str, tmp_path: Path):
+    """`vlm-attn eval chair --method dola|vista|only` generates what `vlm_attn.generate` does, and records it."""
+    model, processor = load_model("toy-vlm")
+    coco = _mini_coco(tmp_path / "coco")
+    out = tmp_path / "run"
+    assert main(["eval", "chair", "--model", "toy-vlm", "--method", method, "--coco-root", str(coco), "--out",
+                 str(out), "--max-new-tokens", str(NEW_TOKENS), "--lemmatizer", "offline", "--no-progress"]) == 0
+    output = json.loads((out / "samples.jsonl").read_text().splitlines()[0])["output"]
+    config = {"dola": vlm_attn.DoLaConfig, "vista": vlm_attn.VISTAConfig, "only": vlm_attn.ONLYConfig}[method]()
+    expected = vlm_attn.generate(model, processor, IMAGE, PROMPT, methods=[config], max_new_tokens=NEW_TOKENS).text
+    plain = vlm_attn.generate(model, processor, IMAGE, PROMPT, max_new_tokens=NEW_TOKENS).text
+    assert output == expected
+    assert expected != plain  # the method changed the caption, so a run that dropped it would be caught
+    prov = json.loads((out / "metrics.json").read_text())["provenance"]
+    assert prov["methods"][0]["config"] == config.to_dict()

@@ -24,7 +24,12 @@ from .test_families import ALL_FAMILIES
 
 PROMPT = "describe the image in detail"
 SINKS = dict(sink_dims=tuple(range(8)), tau=2.0)
-METHODS = ["var", "pai", "paint", "paint_heads"]
+METHODS = ["var", "pai", "paint", "paint_heads", "dola", "vista", "only"]
+SAME_FORWARD = {  # (zero strength: nothing installed, strong settings); issue 14
+    "dola": (lambda: vlm_attn.DoLaConfig(alpha=0.0), lambda: vlm_attn.DoLaConfig()),
+    "vista": (lambda: vlm_attn.VISTAConfig(strength=0.0, sla_mix=0.0), lambda: vlm_attn.VISTAConfig(strength=0.5)),
+    "only": (lambda: vlm_attn.ONLYConfig(alpha_pos=0.0, alpha_neg=0.0), lambda: vlm_attn.ONLYConfig()),
+}
 
 
 def inputs(processor: Any, family: str, seed: int = 0) -> Any:
@@ -49,6 +54,8 @@ def random_heads(model: Any, seed: int = 0) -> HeadSensitivity:
 
 def config(method: str, model: Any, strong: bool) -> Any:
     """The method's config: zero strength (a pure pass-through) or strong settings that move tiny-model logits."""
+    if method in SAME_FORWARD:
+        return SAME_FORWARD[method][strong]()
     if method == "var":
         return vlm_attn.VARConfig(p=1.0, rho=0.0, **SINKS) if strong else vlm_attn.VARConfig(p=0.0, **SINKS)
     if method == "pai":
@@ -59,7 +66,13 @@ def config(method: str, model: Any, strong: bool) -> Any:
 
 
 def acted(method: str, report: dict[str, Any]) -> bool:
-    """Whether the method's report shows that it edited attention."""
+    """Whether the method's report shows that it edited attention (or, for the same-forward ones, the logits)."""
+    if method == "dola":
+        return report["dola"]["active"] and sum(report["dola"]["chosen_layer_counts"].values()) == 1
+    if method == "vista":
+        return report["vista"]["active"] and min(min(row) for row in report["vista"]["vector_norms"]) > 0
+    if method == "only":
+        return report["only"]["active"] and report["only"]["steps"] == 1
     if method == "var":
         data = report["var"]
         return data["total_heads_redistributed"] > 0
@@ -97,12 +110,14 @@ GENERATION: dict[str, Callable[[Any], Any]] = {
     "pai": lambda m: vlm_attn.PAIConfig(alpha=3.0, guidance=False),
     "paint": lambda m: vlm_attn.PAINTConfig(alpha=3.0, beta=2.0, guidance=False),
     "paint_heads": lambda m: vlm_attn.PAINTConfig(alpha=3.0, beta=2.0, guidance=False, head_sensitivity=random_heads(m)),
+    **{name: (lambda m, make=strong: make()) for name, (_, strong) in SAME_FORWARD.items()},
 }
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_changes_greedy_generation(load, method):
-    family = {"var": "gemma3", "pai": "internvl", "paint": "idefics3", "paint_heads": "llava_onevision"}[method]
+    family = {"var": "gemma3", "pai": "internvl", "paint": "idefics3", "paint_heads": "llava_onevision",
+              "dola": "qwen2_5_vl", "vista": "llava_next", "only": "smolvlm"}[method]
     model, proc = load(family)
     for seed in range(4):
         batch = inputs(proc, family, seed=seed)
@@ -146,11 +161,12 @@ def test_score_groups_match_the_connectors():
     from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
     from transformers.models.internvl.modeling_internvl import InternVLModel
 
-    from vlm_attn.patches._vision_capture import group_sum, pooled_groups, shuffle_groups
+    from vlm_attn.methods.paint.selection import merge_scores
+    from vlm_attn.patches._vision_capture import group_sum, shuffle_groups
 
     scores = torch.rand(64, dtype=torch.float64)
     pooled = torch.nn.AvgPool2d(2, 2)(scores.view(1, 1, 8, 8)).flatten() * 4  # Gemma 3: mean of 2x2 cells
-    torch.testing.assert_close(group_sum(pooled_groups(8, 2))(scores), pooled)
+    torch.testing.assert_close(merge_scores(scores, 2, (8, 8)), pooled)
     idefics = shuffle_groups(lambda x: Idefics3Connector.pixel_shuffle(None, x, 2), 64)
     expected = Idefics3Connector.pixel_shuffle(None, scores.view(1, 64, 1), 2).sum(-1).flatten()
     torch.testing.assert_close(group_sum(idefics)(scores), expected)
@@ -158,8 +174,9 @@ def test_score_groups_match_the_connectors():
     expected = InternVLModel.pixel_shuffle(None, scores.view(1, 8, 8, 1), 0.5).reshape(-1, 4).sum(-1)
     torch.testing.assert_close(group_sum(internvl)(scores), expected)
     # both shuffles stack 2x2 spatial neighbourhoods, tokens in row-major order (as the image grids assume)
-    assert torch.equal(idefics.sort(-1).values, pooled_groups(8, 2))
-    assert torch.equal(internvl.sort(-1).values, pooled_groups(8, 2))
+    cells = torch.arange(64).view(4, 2, 4, 2).permute(0, 2, 1, 3).reshape(16, 4)  # 2x2 cells, row-major
+    assert torch.equal(idefics.sort(-1).values, cells)
+    assert torch.equal(internvl.sort(-1).values, cells)
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

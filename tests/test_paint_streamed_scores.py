@@ -13,8 +13,9 @@ from vlm_attn.prompting import build_inputs
 from .conftest import make_image
 
 
-def full_map_scores(module, hidden, mask, has_cls, chunk_elements=None):
-    """The former implementation: every entry's (heads, T, T) fp32 map at once, then reduced."""
+def full_map_scores(module, hidden, mask, has_cls, chunk_elements=None, projections=None):
+    """The former implementation: every entry's (heads, T, T) fp32 map at once, then reduced (projections are
+    recomputed from `hidden`, so a comparison also checks the ones the hooks caught)."""
     n, t, _ = hidden.shape
     heads = getattr(module, "num_heads", None) or module.config.num_attention_heads
     q, k = module.q_proj(hidden), module.k_proj(hidden)
@@ -110,8 +111,9 @@ def test_tiled_family_scores_equal_the_full_map(load, family: str, monkeypatch) 
     sizes = [(150, 60), (60, 90)]  # wide and tall photos: several tiles each, batched
     streamed_impl = vc.clip_attention_scores
 
-    def streamed(module, hidden, mask, has_cls, chunk_elements=None):
-        return streamed_impl(module, hidden, mask, has_cls, chunk_elements=97)  # blocks of a few rows
+    def streamed(module, hidden, mask, has_cls, chunk_elements=None, projections=None):
+        assert projections is not None  # the module's own q_proj / k_proj outputs were caught
+        return streamed_impl(module, hidden, mask, has_cls, chunk_elements=97, projections=projections)
 
     ref = capture(load, family, sizes, monkeypatch, full_map_scores)
     new = capture(load, family, sizes, monkeypatch, streamed)
@@ -144,3 +146,52 @@ def test_qwen_column_sums_streamed_equal_one_map_per_block(load, family: str, mo
         cu = kwargs.get("cu_seqlens", args[1] if len(args) > 1 else None)
         block = int(cu[1] - cu[0])
         assert float(whole[: block].sum()) == pytest.approx(module.num_heads * block, rel=1e-5)  # rows sum to 1
+
+
+
+class _FusedProjections(torch.nn.Module):
+    """A CLIP attention whose forward computes q and k with the projection weights but without calling the
+    q_proj / k_proj modules (as a fused kernel would), so their forward hooks never fire."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.num_heads, self.scale = inner.q_proj, inner.k_proj, inner.num_heads, inner.scale
+
+    def forward(self, hidden_states, attention_mask=None):
+        q = torch.nn.functional.linear(hidden_states, self.q_proj.weight, self.q_proj.bias)
+        k = torch.nn.functional.linear(hidden_states, self.k_proj.weight, self.k_proj.bias)
+        return q + k
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_hooks_reuse_the_modules_projections_or_recompute_them(fused: bool, monkeypatch) -> None:
+    """The score hook reads the q / k the module computed (q_proj runs once per call, not twice); a module that
+    never calls its projections gets them recomputed from the recorded input. Both equal the full-map scores."""
+    module = clip_attention()
+    attention = _FusedProjections(module) if fused else module
+    layers = torch.nn.ModuleList([torch.nn.Module()])
+    layers[0].self_attn = attention
+    hidden = torch.randn(3, 17, 32)
+    calls, caught = [], []
+    original = vc.clip_attention_scores
+
+    def spy(*args, **kwargs):
+        caught.append(kwargs.get("projections"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(vc, "clip_attention_scores", spy)
+    counter = module.q_proj.register_forward_hook(lambda *a: calls.append(1))
+    got: dict[str, list[VisionScores]] = {}
+    handles = vc.hook_clip_tower(layers, 0, 0, True, lambda kind, s: got.setdefault(kind, []).extend(s))
+    try:
+        with torch.no_grad():
+            attention(hidden)
+    finally:
+        counter.remove()
+        for h in handles:
+            h.remove()
+    assert (caught[0] is None) == fused
+    assert len(calls) == 1  # never twice: the module's own call (caught) or, fused, the hook's recomputation
+    with torch.no_grad():
+        assert_same(got["first"], full_map_scores(module, hidden, None, True))
+        assert_same(got["feature"], got["first"])

@@ -13,7 +13,9 @@ from torch import nn
 
 from .engine.engine import Engine
 from .methods.registry import build_method, check_unique
+from .passes.branch import check_contrast
 from .passes.guidance import guidance_settings  # public here: which guidance a list of configs asks for
+from .passes.steering import connect as connect_steering
 from .patches.base import get_adapter
 
 logger = logging.getLogger(__name__)
@@ -24,10 +26,11 @@ HANDLE_ATTR = "_vlm_attn_handle"
 class Handle:
     """What `apply` returns: remove the methods, read what they did, or use it as a context manager."""
 
-    def __init__(self, model: nn.Module, engine: Engine, configs: Sequence[Any]):
+    def __init__(self, model: nn.Module, engine: Engine, configs: Sequence[Any], processor: Any = None):
         self.model = model
         self.engine = engine
         self.configs = list(configs)
+        self.processor = processor  # its tokenizer writes ICD's instruction into the contrast prompt
 
     @property
     def active(self) -> bool:
@@ -59,20 +62,24 @@ class Handle:
     def logits_processor(self, inputs: Mapping[str, Any]) -> Any:
         """A `LogitsProcessorList` for one `generate` call on `inputs`: what the applied configs need.
 
-        That is PAI/PAINT's image-free guidance when a config has `guidance=True` (VAR alone, or PAI/PAINT with
+        That is PAI/PAINT's image-free guidance when a config has `guidance=True`, and the contrastive decoder's
+        processor (VCD, ICD, M3ID; each with its own second branch) when one is active (VAR alone, or PAI/PAINT with
         guidance off, give an empty list). Pass it to an unchanged
         `model.generate(**inputs, logits_processor=handle.logits_processor(inputs))`, a new one for each call (it
         holds the image-free pass's own cache); `steered_generate` does exactly this.
         """
         from transformers import LogitsProcessorList
 
+        from .passes.branch import branch_processors
         from .passes.guidance import ImageFreeGuidance
 
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        contrast = branch_processors(self.model, self.configs, inputs, tokenizer)  # VCD / ICD / M3ID
         settings = guidance_settings(self.configs)
         if settings is None:
-            return LogitsProcessorList()
+            return LogitsProcessorList(contrast)
         gamma, cutoff = settings
-        return LogitsProcessorList([ImageFreeGuidance(self.model, inputs, gamma=gamma, cutoff=cutoff)])
+        return LogitsProcessorList([ImageFreeGuidance(self.model, inputs, gamma=gamma, cutoff=cutoff), *contrast])
 
     def generate_kwargs(self, inputs: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """`kwargs` for `model.generate(**inputs, **kwargs)` with this handle's logits processors appended.
@@ -93,8 +100,9 @@ class Handle:
             value = out.get(name) or getattr(config, name, None) or 1
             if value > 1:
                 raise ValueError(
-                    f"PAI/PAINT image-free guidance runs one sequence per prompt, but generate was asked for "
-                    f"{name}={value}: use greedy or sampled decoding with one sequence, or set guidance=False"
+                    f"PAI/PAINT image-free guidance and VCD/ICD/M3ID run one sequence per prompt, but generate was "
+                    f"asked for {name}={value}: use greedy or sampled decoding with one sequence, or set "
+                    "guidance=False (PAI/PAINT)"
                 )
         out["logits_processor"] = LogitsProcessorList([*(out.get("logits_processor") or []), *extra])
         return out
@@ -131,8 +139,11 @@ def _as_list(configs: Any) -> list[Any]:
     return [configs]
 
 
-def apply(model: nn.Module, configs: Any | Iterable[Any]) -> Handle:
+def apply(model: nn.Module, configs: Any | Iterable[Any], processor: Any = None) -> Handle:
     """Attach one or several attention-method configs (e.g. `VARConfig()`) to `model`; returns a `Handle`.
+
+    `processor` (the model's processor or tokenizer) is needed by ICD only, which writes its instruction into the
+    contrast branch's prompt. At most one logits-level decoder runs per call (PAI/PAINT guidance, VCD, ICD, M3ID).
 
     Methods run in the order of SPEC §6 whatever order they are given in: logit edits, softmax, redistribution.
     Raises `UnsupportedModelError` for a model family vlm-attn does not know, and `ValueError` for a config that
@@ -144,11 +155,17 @@ def apply(model: nn.Module, configs: Any | Iterable[Any]) -> Handle:
     config_list = _as_list(configs)
     check_unique(config_list)  # two configs of one method would stack their edits
     guidance = guidance_settings(config_list)  # several guidance configs must agree (one guidance pass runs)
+    contrast = check_contrast(config_list, guidance is not None, processor)
     methods = [build_method(c) for c in config_list]
+    connect_steering(model, adapter, methods)  # VISTA's steering-vector pass
     engine = Engine(model, adapter, methods)
-    engine.expects_guidance = guidance is not None
-    engine.install()
-    handle = Handle(model, engine, config_list)
+    engine.expects_guidance = guidance is not None or contrast
+    try:
+        engine.install()
+    except Exception:
+        engine.remove()  # a method that cannot apply (e.g. a layer out of range) leaves the model as it was
+        raise
+    handle = Handle(model, engine, config_list, processor)
     setattr(model, HANDLE_ATTR, handle)
     return handle
 

@@ -313,7 +313,7 @@ def generate(
             "methods=, not both"
         )
     adapter = get_adapter(model)
-    handle = apply(model, attention_configs) if attention_configs else None
+    handle = apply(model, attention_configs, processor=processor) if attention_configs else None
     try:
         if isinstance(input_method, FunnelConfig):
             keep, _ = _funnel_selection(adapter, input_method.fallback)

@@ -263,7 +263,7 @@ def inspect_attention(
     inputs = build_inputs(processor, [rgb], [text]).to(model.device)
     grid = adapter.image_grid(inputs)
     region = adapter.seen_region(processor, rgb.size, inputs)
-    handle = existing if existing is not None else apply(model, config_list)
+    handle = existing if existing is not None else apply(model, config_list, processor=processor)
     try:
         before, _ = capture_rows(model, adapter, inputs, chosen, steered=False)
         after, call = capture_rows(model, adapter, inputs, chosen, steered=True)

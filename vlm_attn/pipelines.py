@@ -65,7 +65,7 @@ def steered_pipeline(model: Any, configs: Any, processor: Any = None, **pipeline
     if processor is None:
         raise ValueError("steered_pipeline needs the model's processor when given a loaded model")
     processor = _left_padded(processor)
-    handle: Handle = apply(model, configs)
+    handle: Handle = apply(model, configs, processor=processor)
     try:
         pipe = pipeline("image-text-to-text", model=model, processor=processor,
                         pipeline_class=SteeredImageTextToTextPipeline, **pipeline_kwargs)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from vlm_attn.testing.tiny import tiny_path
 
-# shared/ sits beside the checkout: <parent>/main (this repo) and <parent>/shared.
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+# shared/ sits beside the checkout (<parent>/main and <parent>/shared); VLM_ATTN_SHARED points elsewhere.
+SHARED = Path(os.environ.get("VLM_ATTN_SHARED") or Path(__file__).resolve().parents[2].parent / "shared")
 
 TOY_CATEGORIES = [
     {"id": 1, "name": "person"}, {"id": 15, "name": "bench"}, {"id": 17, "name": "cat"},

@@ -71,9 +71,10 @@ def test_get_lemmatizer_choices(monkeypatch):
         get_lemmatizer("nltk")
 
 
-def test_nltk_request_without_data_says_how_to_install():
+def test_nltk_request_without_data_says_how_to_install(monkeypatch):
+    """Where the data is present (shared/data/nltk_data in the tests), its absence is simulated at the probe."""
     if nltk_available():
-        pytest.skip("nltk and its data are installed here; the missing-data error cannot occur")
+        monkeypatch.setattr(lemmatize, "nltk_missing", lambda: ["tagger data averaged_perceptron_tagger_eng"])
     with pytest.raises(NltkDataMissingError, match=r"python -m nltk\.downloader punkt_tab"):
         get_lemmatizer("nltk")
     assert get_lemmatizer("auto").name == "offline"

@@ -133,10 +133,10 @@ def test_a_sample_the_processor_rejects_does_not_sink_its_batch(llava, toy_coco,
 
     real = runner.generate_batch
 
-    def picky(model, processor, images, prompts, max_new_tokens):
+    def picky(model, processor, images, prompts, max_new_tokens, *decoding):
         if any("BAD" in p for p in prompts):
             raise ValueError("image too small for the processor")
-        return real(model, processor, images, prompts, max_new_tokens)
+        return real(model, processor, images, prompts, max_new_tokens, *decoding)
 
     monkeypatch.setattr(runner, "generate_batch", picky)
     model, processor = llava

@@ -177,7 +177,7 @@ def check_method_files(configs: Sequence[Any]) -> None:
                                 f"({' '.join(str(exc).split())})") from None
 
 
-def check_against_model(configs: Sequence[Any], model: Any) -> None:
+def check_against_model(configs: Sequence[Any], model: Any, processor: Any = None) -> None:
     """Checks that need the loaded model's config, run before the first generation: sink dims within the hidden
     size, a head-sensitivity file measured on this model, the input-level methods' anchor layer within the depth,
     then every other setting of the attention methods (layer indices, ...) by applying and removing them once.
@@ -206,7 +206,7 @@ def check_against_model(configs: Sequence[Any], model: Any) -> None:
             except ValueError as exc:
                 raise UserError(f"head sensitivity: {' '.join(str(exc).split())}") from None
     _check_anchor_layers(configs, model)
-    _check_binds(configs, model)
+    _check_binds(configs, model, processor)
 
 
 def _check_anchor_layers(configs: Sequence[Any], model: Any) -> None:
@@ -225,7 +225,7 @@ def _check_anchor_layers(configs: Sequence[Any], model: Any) -> None:
                                 "family default")
 
 
-def _check_binds(configs: Sequence[Any], model: Any) -> None:
+def _check_binds(configs: Sequence[Any], model: Any, processor: Any = None) -> None:
     """Apply the attention configs and remove them at once (the model is restored exactly): what binding them to
     this model refuses (e.g. `layers` beyond its depth) is refused before anything is generated."""
     from ..api import apply
@@ -236,7 +236,7 @@ def _check_binds(configs: Sequence[Any], model: Any) -> None:
     if not attention:
         return
     try:
-        handle = apply(model, attention)
+        handle = apply(model, attention, processor=processor)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, UserError):
             raise

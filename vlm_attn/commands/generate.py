@@ -26,7 +26,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     image = args.image or sample_image_path()
     batch = build_inputs(processor, [image], [with_vqa_suffix(args.prompt, args.vqa)]).to(model.device)
     configs = build_configs(spec, model)  # attention methods; the input-level one is spec.input_config
-    check_against_model([*configs, spec.input_config], model)  # model-dependent settings: before generating
+    check_against_model([*configs, spec.input_config], model, processor)  # model-dependent settings: before generating
     method = spec.input_config
     if not args.no_vanilla or not (configs or method is not None):
         write("== vanilla ==")
@@ -42,7 +42,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             write("== report ==")
             write(json.dumps(result.report, indent=2) if args.json else format_report(result.report))
     elif configs:
-        with apply(model, configs) as handle:
+        with apply(model, configs, processor=processor) as handle:
             text = generate_text(model, processor, batch, args.max_new_tokens)
             report = handle.report()
         write(f"== {' + '.join(spec.names)} ==")

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from ..errors import UserError
 from .checks import check_against_model, check_images, check_method_files, check_model_args
 from .common import add_method_args, add_model_args, build_configs, parse_method_args, write
 from .input_methods import format_decision
@@ -116,6 +117,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --out {out} must end in .png, .jpg or .webp")
     args.method_spec = parse_method_args(args)  # every method setting checked before the model is loaded
     args.method = args.method_spec.names[0]
+    if args.method not in PANEL_BUILDERS:  # the contrastive decoders (vcd, icd, m3id) change logits, not attention
+        raise UserError(f"--method {args.method} changes the next-token logits, not attention, so there is nothing "
+                        f"to picture: choose one of {', '.join(sorted(PANEL_BUILDERS))}, or run vlm-attn generate "
+                        f"--method {args.method}")
     parse_layers(args.layers)
     check_model_args(args)
     check_images([args.image] if args.image else [])
@@ -124,7 +129,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     image = load_rgb(args.image or sample_image_path())
     # Built once: the figure and the --answer generation use the same configs (and log their warnings once).
     args.attention_configs = build_configs(args.method_spec, model)
-    check_against_model([*args.attention_configs, args.method_spec.input_config], model)
+    check_against_model([*args.attention_configs, args.method_spec.input_config], model, processor)
     rows, summary = PANEL_BUILDERS[args.method](model, processor, image, args)
     figure = render_rows(rows)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ def steered_attention(
     view, asked = methods_asking(module, query.shape[2], key.shape[2])
     if not asked:
         return run_base()
+    view.value = value
     out, weights = (None, None) if skips_base(view, asked, base_returns_weights) else run_base()
     rows, per_method = row_sets(view, asked)
     scores = row_scores(query, key, rows, scaling if scaling is not None else module.scaling, kwargs.get("softcap"))

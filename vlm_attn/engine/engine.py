@@ -154,9 +154,10 @@ class Engine:
             return
         call.guidance_warned = True
         logger.warning(
-            "vlm-attn: PAI/PAINT guidance is configured but this generate call has no guidance processor, so the "
-            "output is NOT guided; generate with handle.generate(...) or vlm_attn.steered_generate(model, ...), or "
-            "pass logits_processor=handle.logits_processor(inputs) (guidance=False in the config if unwanted)"
+            "vlm-attn: PAI/PAINT guidance or a contrastive decoder (VCD, ICD, M3ID) is configured but this generate "
+            "call has no processor for it, so the output is NOT guided; generate with handle.generate(...) or "
+            "vlm_attn.steered_generate(model, ...), or pass logits_processor=handle.logits_processor(inputs) "
+            "(guidance=False in the config if unwanted)"
         )
 
     def _layer_hook(self, idx: int, observers: list[AttentionMethod]):

@@ -106,6 +106,7 @@ class LayerView:
     layer_idx: int
     call: CallState
     parts: dict[Any, Any]  # CallState.view_parts(q_len, kv_len), plus what `shared` adds during the forward
+    value: torch.Tensor | None = None  # (B, Hkv, K, D) value states of this layer's call (ONLY reads them)
 
     prefill = property(lambda self: self.call.prefill)
     query_pos = property(lambda self: self.parts["query_pos"])  # (Q,) absolute positions of the query rows

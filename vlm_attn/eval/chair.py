@@ -190,15 +190,17 @@ class CHAIR:
         records: Iterable[Mapping[str, Any]],
         image_id_key: str = "image_id",
         caption_key: str = "caption",
+        progress: bool = False,
     ) -> ChairResult:
-        """Score ``{image_id, caption}`` records against the evaluator's ground truth."""
+        """Score ``{image_id, caption}`` records against the evaluator's ground truth (``progress``: a tqdm bar)."""
         records = list(records)
         ids = [int(r[image_id_key]) for r in records]
         unknown = sorted({i for i in ids if i not in self.ground_truth})
         if unknown:
             raise KeyError(f"no CHAIR ground truth for image ids {unknown[:10]} ({len(unknown)} in all)")
         return self.score(
-            [str(r[caption_key]) for r in records], [self.ground_truth[i] for i in ids], image_ids=ids
+            [str(r[caption_key]) for r in records], [self.ground_truth[i] for i in ids], image_ids=ids,
+            progress=progress,
         )
 
     def score(
@@ -206,8 +208,11 @@ class CHAIR:
         captions: Sequence[str],
         gt_objects: Sequence[Iterable[str]],
         image_ids: Sequence[int] | None = None,
+        progress: bool = False,
     ) -> ChairResult:
-        """Score captions against explicit ground-truth category sets (one per caption)."""
+        """Score captions against explicit ground-truth category sets (one per caption; ``progress``: a tqdm bar)."""
+        from tqdm.auto import tqdm
+
         if len(captions) != len(gt_objects):
             raise ValueError(f"{len(captions)} captions but {len(gt_objects)} ground-truth sets")
         if not captions:
@@ -216,7 +221,9 @@ class CHAIR:
         details: list[CaptionScore] = []
         n_mentions = n_halluc = n_halluc_caps = n_tokens = 0
         n_correct = n_gt = n_distinct = 0
-        for image_id, caption, gt_iter in zip(ids, captions, gt_objects):
+        rows = zip(ids, captions, gt_objects)
+        for image_id, caption, gt_iter in tqdm(rows, total=len(captions), desc="CHAIR", unit="caption",
+                                               disable=not progress):
             gt = frozenset(gt_iter)
             found = self.caption_objects(caption)
             hallucinated = [

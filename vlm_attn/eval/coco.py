@@ -145,12 +145,56 @@ def save_image_list(path: str | Path, ids: Sequence[int], **provenance: Any) -> 
 _ID_RE = re.compile(r"(?:COCO_\w+_)?(\d+)(?:\.jpg)?")
 
 
+def image_id_of(value: Any) -> int | None:
+    """A COCO image id from an id, its text, or a file name such as ``COCO_val2014_000000000042.jpg``; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _ID_RE.fullmatch(value.strip())
+        return int(match.group(1)) if match else None
+    return None
+
+
+def _json_entry(value: Any) -> Any:
+    """The id text of one JSON list entry: an id, a COCO file name, or an object's ``image_id``."""
+    if isinstance(value, Mapping) and "image_id" in value:
+        value = value["image_id"]
+    if isinstance(value, str):
+        match = _ID_RE.fullmatch(value.strip())
+        return match.group(1) if match else value
+    return value
+
+
+def _jsonl_entries(path: Path, text: str) -> list[tuple[str, Any]]:
+    """("line N", id text) per line of a JSON-lines file whose objects carry ``image_id`` (a caption file)."""
+    located = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {number}: not valid JSON ({exc.msg}, column {exc.colno}); a JSON-lines "
+                            "image list has one object with an image_id per line") from None
+        if not isinstance(row, Mapping) or "image_id" not in row:
+            raise UserError(f"{path} line {number}: no image_id; a JSON-lines image list (e.g. a published caption "
+                            "file) has one object with an image_id per line")
+        located.append((f"line {number}", _json_entry(row)))
+    return located
+
+
 def read_image_list(path: str | Path) -> list[tuple[str, int]]:
     """A user's image list as (where, image id) pairs in file order; "line N" or "item N" says where each id is.
 
-    Accepts JSON (a list of ids, or a dict with ``image_ids``) or text with one id per line; a line may also be
-    a COCO file name such as ``COCO_val2014_000000000042.jpg``. Blank lines and ``#`` comments are skipped. A bad
-    entry, an id listed twice or an empty list raises UserError naming the file and the line.
+    Accepts the forms published CHAIR lists come in: JSON (``.json``: a list, a dict with ``image_ids``, or the
+    result file of the CHAIR script, whose ``sentences`` list the scored captions; items are ids, COCO file names
+    such as ``COCO_val2014_000000000042.jpg``, or objects with an ``image_id``, as in a caption file), JSON lines
+    of such objects (a published caption file such as OPERA's ``log/chair_eval_results/*/greedy.jsonl``: its
+    images are the paper's list), or text with one id or file name per line (blank lines and ``#`` comments are
+    skipped).
+    A bad entry, an id listed twice or an empty list raises UserError naming the file and the line.
     """
     path = Path(path)
     if not path.is_file():
@@ -163,10 +207,13 @@ def read_image_list(path: str | Path) -> list[tuple[str, int]]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); an image "
                             "list is a JSON list of ids or {\"image_ids\": [...]}") from None
-        values = data.get("image_ids") if isinstance(data, Mapping) else data
+        values = (data.get("image_ids", data.get("sentences")) if isinstance(data, Mapping) else data)
         if not isinstance(values, list):
-            raise UserError(f"{path}: an image list is a JSON list of ids or {{\"image_ids\": [...]}}")
-        located = [(f"item {i}", v) for i, v in enumerate(values, 1)]
+            raise UserError(f"{path}: an image list is a JSON list of ids, {{\"image_ids\": [...]}} or a CHAIR "
+                            "result file ({\"sentences\": [{\"image_id\": ...}, ...]})")
+        located = [(f"item {i}", _json_entry(v)) for i, v in enumerate(values, 1)]
+    elif text.lstrip().startswith("{"):
+        located = _jsonl_entries(path, text)
     else:
         located = []
         for number, line in enumerate(text.splitlines(), 1):

@@ -17,7 +17,14 @@ Answer parsing modes:
   prediction exactly "no", so an answer such as "yes." or "there is a dog" is wrong for accuracy and ignored by
   precision and recall. lmms-eval's own "yes_ratio" is the share of *labels* that are yes (always 0.5 on the
   balanced files); here ``yes_ratio`` is always the share of *predictions* that are "yes", as the spec asks.
-Metrics treat "yes" as the positive class.
+- ``"recorder"`` (the ``recorder`` function of OPERA's and HALC's ``pope_eval.py``): drop every ``.`` and ``,``,
+  split on single spaces; "no" if a word is ``No``, ``not``, ``no`` or ``NO`` or ends in ``n't``, else "yes".
+  Unlike the official rule it reads the whole answer, not only its first sentence.
+- ``"vcd"`` (VCD's ``experiments/eval/eval_pope.py``): lower-case and strip, then a *substring* test against the
+  label: a yes-question is a true positive when "yes" occurs anywhere in the answer (else a false negative), a
+  no-question a true negative when "no" occurs anywhere (else a false positive). The prediction depends on the
+  label, so "I do not know" counts as right on a no-question ("no" in "not", "know") and wrong on a yes-question.
+Metrics treat "yes" as the positive class; every result records the mode that parsed it.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from ..errors import UserError
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
-ParseMode = Literal["official", "lmms-eval"]
-PARSE_MODES: tuple[str, ...] = ("official", "lmms-eval")
+ParseMode = Literal["official", "lmms-eval", "recorder", "vcd"]
+PARSE_MODES: tuple[str, ...] = ("official", "lmms-eval", "recorder", "vcd")
+RECORDER_NEGATIONS = frozenset({"No", "not", "no", "NO"})
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 HF_DATASET = "lmms-lab/POPE"
 QUESTION_KEYS: tuple[str, ...] = ("question_id", "image", "text", "label")
@@ -92,8 +100,17 @@ def content_sha256(questions: Sequence[PopeQuestion]) -> str:
 
 
 def _split_name(path: Path) -> str:
-    match = re.search(r"pope_(random|popular|adversarial)", path.name)
+    """The split a question file holds, from its name: ``coco_pope_random``, ``gqa_pope_seem_popular`` (the
+    A-OKVQA and GQA files of VCD and others carry "seem", the segmenter that built them), else the stem."""
+    match = re.search(r"pope_(?:seem_)?(random|popular|adversarial)", path.name)
     return match.group(1) if match else path.stem
+
+
+def benchmark_name(path: str | Path) -> str:
+    """Which POPE question set a file holds, from its name: "coco", "aokvqa", "gqa" (``<set>_pope_<split>``),
+    else "unknown". A-OKVQA's questions name COCO val2014 files, GQA's name files of the GQA image folder."""
+    match = re.search(r"(coco|aokvqa|a-okvqa|gqa)_pope_", Path(path).name.lower())
+    return match.group(1).replace("-", "") if match else "unknown"
 
 
 def _rows(path: Path, text: str) -> list[tuple[str, Any]]:
@@ -163,6 +180,7 @@ def load_pope_jsonl(path: str | Path, split: str | None = None) -> PopeSplit:
     provenance = {
         "source": "jsonl",
         "path": str(path),
+        "benchmark": benchmark_name(path),
         "split": name,
         "sha256": hashlib.sha256(raw).hexdigest(),
         "content_sha256": content_sha256(questions),
@@ -175,17 +193,29 @@ def load_pope_jsonl(path: str | Path, split: str | None = None) -> PopeSplit:
     return PopeSplit(name=name, questions=questions, provenance=provenance)
 
 
+def _split_file(directory: Path, split: str) -> Path:
+    """The question file of ``split`` in ``directory``: ``coco_pope_<split>.jsonl``/``.json`` when present, else
+    the one ``<set>_pope_[seem_]<split>.json[l]`` of another POPE set (A-OKVQA, GQA); two such files are refused."""
+    candidates = [directory / f"coco_pope_{split}.{ext}" for ext in ("jsonl", "json")]
+    found = next((p for p in candidates if p.exists()), None)
+    if found is not None:
+        return found
+    others = sorted(p for p in directory.glob(f"*_pope_*{split}.json*")
+                    if p.suffix in (".json", ".jsonl") and _split_name(p) == split)
+    if len(others) > 1:
+        raise UserError(f"--pope-dir {directory}: several question files of split {split!r} "
+                        f"({', '.join(p.name for p in others)}); pass the one you mean with --pope-file")
+    if not others:
+        raise FileNotFoundError(f"POPE file for split {split!r} not found: tried {', '.join(map(str, candidates))} "
+                                f"and {directory}/<set>_pope_[seem_]{split}.json[l]")
+    return others[0]
+
+
 def load_pope_dir(directory: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, PopeSplit]:
-    """Load ``coco_pope_<split>.jsonl`` (or ``.json``) for each split from ``directory``."""
+    """Load each split's question file from ``directory`` (``coco_pope_<split>.jsonl`` or ``.json``, or one
+    ``aokvqa_pope_seem_<split>.json``-style file of another POPE set; see ``_split_file``)."""
     directory = Path(directory)
-    result = {}
-    for split in splits:
-        candidates = [directory / f"coco_pope_{split}.{ext}" for ext in ("jsonl", "json")]
-        found = next((p for p in candidates if p.exists()), None)
-        if found is None:
-            raise FileNotFoundError(f"POPE file for split {split!r} not found: tried {', '.join(map(str, candidates))}")
-        result[split] = load_pope_jsonl(found, split)
-    return result
+    return {split: load_pope_jsonl(_split_file(directory, split), split) for split in splits}
 
 
 def pope_from_hf(
@@ -253,12 +283,30 @@ def parse_answer_lmms_eval(text: str) -> str:
     return text.lower().strip()
 
 
-def parse_answer(text: str, mode: ParseMode | str = "official") -> str:
-    """Normalise a model answer with the chosen mode ("official" or "lmms-eval")."""
+def parse_answer_recorder(text: str) -> str:
+    """OPERA's and HALC's ``recorder``: "no" if a word (after dropping ``.`` and ``,``) is No/not/no/NO or ends in
+    n't, else "yes"."""
+    words = text.replace(".", "").replace(",", "").split(" ")
+    return "no" if any(w in RECORDER_NEGATIONS or w.endswith("n't") for w in words) else "yes"
+
+
+def parse_answer_vcd(text: str, label: str) -> str:
+    """VCD's substring rule: the label when it occurs in the lower-cased answer, else the other answer."""
+    return label if label in text.lower().strip() else ("no" if label == "yes" else "yes")
+
+
+def parse_answer(text: str, mode: ParseMode | str = "official", label: str | None = None) -> str:
+    """Normalise a model answer with the chosen mode (see the module docstring); "vcd" also needs the label."""
     if mode == "official":
         return parse_answer_official(text)
     if mode == "lmms-eval":
         return parse_answer_lmms_eval(text)
+    if mode == "recorder":
+        return parse_answer_recorder(text)
+    if mode == "vcd":
+        if label is None:
+            raise ValueError("the vcd parse mode compares the answer with its label: pass label='yes' or 'no'")
+        return parse_answer_vcd(text, label)
     raise ValueError(f"POPE parse mode must be one of {PARSE_MODES}, not {mode!r}")
 
 
@@ -279,7 +327,7 @@ def pope_metrics(labels: Sequence[str], answers: Sequence[str], mode: ParseMode 
     bad = sorted({g for g in gold if g not in ("yes", "no")})
     if bad:
         raise ValueError(f"POPE labels must be yes/no, found {bad}")
-    preds = [parse_answer(a, mode) for a in answers]
+    preds = [parse_answer(a, mode, g) for a, g in zip(answers, gold)]
     tp = sum(p == "yes" and g == "yes" for p, g in zip(preds, gold))
     fp = sum(p == "yes" and g == "no" for p, g in zip(preds, gold))
     tn = sum(p == "no" and g == "no" for p, g in zip(preds, gold))

@@ -59,6 +59,37 @@ RESUME_KEYS: tuple[str, ...] = tuple(RESUME_FLAGS)
 ImageSource = str | os.PathLike | Callable[[], Any]
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How the runner decodes: greedy (the default) or multinomial sampling with temperature and top-p.
+
+    Sampling is reproducible: before each generate call torch is seeded from `seed` and the batch's sample ids
+    (`seed_for`), so a run with the same samples and batch size draws the same tokens (VCD's and ICD's published
+    protocols sample with temperature 1 and top-p 1).
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if not self.do_sample:
+            return {"do_sample": False, "num_beams": 1}
+        return {"do_sample": True, "num_beams": 1, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+
+    def seed_for(self, ids: Sequence[str]) -> int:
+        """The torch seed of one generate call on the samples `ids` (stable across runs and machines)."""
+        digest = hashlib.sha256(json.dumps([self.seed, list(ids)]).encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") >> 1
+
+    def record(self) -> dict[str, Any]:
+        return {"do_sample": self.do_sample, "temperature": self.temperature, "top_p": self.top_p}
+
+
+GREEDY = Decoding()
+
+
 class RunDirError(UserError, RuntimeError):
     """The run directory cannot be used as asked (not empty without --resume, resumed with other settings, or
     being written by another run)."""
@@ -393,9 +424,10 @@ def _load(sample: Sample) -> Any:
     return load_image(image)
 
 
-def generate_batch(model: Any, processor: Any, images: Sequence[Any], prompts: Sequence[str], max_new_tokens: int
-                   ) -> list[str]:
-    """Greedy continuations of one left-padded batch (one image per prompt), special tokens removed.
+def generate_batch(model: Any, processor: Any, images: Sequence[Any], prompts: Sequence[str], max_new_tokens: int,
+                   decoding: Decoding = GREEDY, ids: Sequence[str] = ()) -> list[str]:
+    """Continuations of one left-padded batch (one image per prompt), special tokens removed; greedy unless
+    `decoding` samples (then torch is seeded from its seed and the sample `ids` first).
 
     Generates through `vlm_attn.steered_generate`, so the methods applied to `model` run as they do everywhere else
     (PAI / PAINT image-free guidance included).
@@ -408,18 +440,26 @@ def generate_batch(model: Any, processor: Any, images: Sequence[Any], prompts: S
     batch = build_inputs(processor, list(images), list(prompts))
     batch = batch.to(model.device, dtype=model.dtype)
     with torch.no_grad():
-        out = steered_generate(model, **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        if decoding.do_sample:
+            torch.manual_seed(decoding.seed_for(ids))
+        out = steered_generate(model, **batch, max_new_tokens=max_new_tokens, **decoding.generate_kwargs())
     new_tokens = out[:, batch["input_ids"].shape[1] :]
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 def generate_with_input_method(
-    model: Any, processor: Any, image: Any, prompt: str, config: Any, max_new_tokens: int
+    model: Any, processor: Any, image: Any, prompt: str, config: Any, max_new_tokens: int,
+    decoding: Decoding = GREEDY, sample_id: str = "",
 ) -> dict[str, Any]:
     """One sample through an input-level method (Visual Funnel, ViCrop): the answer and what the method decided."""
+    import torch
+
     from ..generation import generate
 
-    result = generate(model, processor, image, prompt, methods=[config], max_new_tokens=max_new_tokens)
+    if decoding.do_sample:
+        torch.manual_seed(decoding.seed_for([sample_id]))
+    result = generate(model, processor, image, prompt, methods=[config], max_new_tokens=max_new_tokens,
+                      **decoding.generate_kwargs())
     decision = {k: v for k, v in result.to_dict().items() if k not in ("text", "attention", "maps")}
     return {"output": result.text, "decision": decision}
 
@@ -435,6 +475,7 @@ def generate_shard(
     progress: bool = True,
     input_config: Any = None,
     retry_errors: bool = False,
+    decoding: Decoding = GREEDY,
 ) -> int:
     """Generate this process's slice minus the samples already finished; returns how many were written.
 
@@ -445,12 +486,12 @@ def generate_shard(
     """
     with run_dir.writer_lock(dist.rank):
         return _generate_shard(model, processor, samples, run_dir, dist, batch_size, max_new_tokens, progress,
-                               input_config, retry_errors)
+                               input_config, retry_errors, decoding)
 
 
 def _generate_shard(
     model: Any, processor: Any, samples: Sequence[Sample], run_dir: RunDir, dist: DistContext, batch_size: int,
-    max_new_tokens: int, progress: bool, input_config: Any, retry_errors: bool,
+    max_new_tokens: int, progress: bool, input_config: Any, retry_errors: bool, decoding: Decoding = GREEDY,
 ) -> int:
     from tqdm.auto import tqdm
 
@@ -483,7 +524,8 @@ def _generate_shard(
                     writer.write({"id": sample.id, **sample.meta, "error": f"{type(exc).__name__}: {exc}"})
                     written += 1
                     bar.update(1)
-            for sample, result in _generate_isolating(model, processor, ready, max_new_tokens, input_config):
+            for sample, result in _generate_isolating(model, processor, ready, max_new_tokens, input_config,
+                                                      decoding):
                 writer.write({"id": sample.id, **sample.meta, **result})
                 written += 1
                 bar.update(1)
@@ -491,7 +533,8 @@ def _generate_shard(
 
 
 def _generate_isolating(
-    model: Any, processor: Any, ready: Sequence[tuple[Sample, Any]], max_new_tokens: int, input_config: Any = None
+    model: Any, processor: Any, ready: Sequence[tuple[Sample, Any]], max_new_tokens: int, input_config: Any = None,
+    decoding: Decoding = GREEDY,
 ) -> list[tuple[Sample, dict[str, Any]]]:
     """``{"output": text}`` per sample of a batch; when the processor rejects the batch (ValueError, e.g. an image
     too small for it), the samples are retried one by one so only the offending one becomes ``{"error": ...}``."""
@@ -502,21 +545,22 @@ def _generate_isolating(
         for sample, image in ready:
             try:
                 out.append((sample, generate_with_input_method(model, processor, image, sample.prompt, input_config,
-                                                               max_new_tokens)))
+                                                               max_new_tokens, decoding, sample.id)))
             except ValueError as exc:
                 logger.warning("sample %s: %s", sample.id, exc)
                 out.append((sample, {"error": f"{type(exc).__name__}: {exc}"}))
         return out
     try:
         texts = generate_batch(model, processor, [im for _, im in ready], [s.prompt for s, _ in ready],
-                               max_new_tokens)
+                               max_new_tokens, decoding, [s.id for s, _ in ready])
         return [(sample, {"output": text}) for (sample, _), text in zip(ready, texts)]
     except ValueError as exc:
         if len(ready) == 1:
             logger.warning("sample %s: %s", ready[0][0].id, exc)
             return [(ready[0][0], {"error": f"{type(exc).__name__}: {exc}"})]
         logger.warning("a batch of %d failed (%s); retrying its samples one by one", len(ready), exc)
-        return [pair for item in ready for pair in _generate_isolating(model, processor, [item], max_new_tokens)]
+        return [pair for item in ready
+                for pair in _generate_isolating(model, processor, [item], max_new_tokens, None, decoding)]
 
 
 def run_samples(
@@ -534,6 +578,7 @@ def run_samples(
     dist: DistContext | None = None,
     extra_files: Mapping[str, Any] | None = None,
     retry_errors: bool = False,
+    decoding: Decoding = GREEDY,
 ) -> list[dict[str, Any]] | None:
     """Generate every sample into ``run_dir`` (resumable, sharded) and return the merged records.
 
@@ -542,6 +587,7 @@ def run_samples(
     method configs: attention methods are applied with ``vlm_attn.apply`` for the generation, and at most one
     input-level method (FunnelConfig / ViCropConfig) decides each sample's images through ``vlm_attn.generate``.
     ``retry_errors`` (with ``resume``) generates the samples recorded as errors again, replacing their records.
+    ``decoding`` is greedy by default (`Decoding` for seeded sampling).
     Each process holds its shard's writer lock while it works (a second run on the folder is refused). Returns the
     records on the main process and None on the others (which only generate their slice).
     """
@@ -565,9 +611,9 @@ def run_samples(
         dist.barrier()
         torch.manual_seed(seed)
         input_config, attention_configs = split_methods(configs)
-        with apply(model, attention_configs) if attention_configs else contextlib.nullcontext():
+        with apply(model, attention_configs, processor=processor) if attention_configs else contextlib.nullcontext():
             generate_shard(model, processor, samples, rd, dist, batch_size, max_new_tokens, progress, input_config,
-                           retry_errors)
+                           retry_errors, decoding)
         dist.barrier()
         return rd.merge(samples) if dist.is_main else None
 

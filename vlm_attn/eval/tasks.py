@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from . import pope as pope_lib
 from .chair import CHAIR
+from .chair_hf import ChairGroundTruth, load_chair_hf
 from .coco import (
     DEFAULT_CHAIR_IMAGES,
     CocoVal2014,
@@ -34,8 +36,8 @@ from .coco import (
     sample_image_ids,
 )
 from ..errors import UserError
-from .report import metrics_record, write_metrics
-from .runner import RUN_FILE, DistContext, Sample, check_unique_ids, run_samples, samples_sha256
+from .report import metrics_record, recorded_intervals, write_metrics
+from .runner import RUN_FILE, Decoding, DistContext, Sample, check_unique_ids, run_samples, samples_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +78,16 @@ TASKS: dict[str, Task] = {t.name: t for t in (CHAIR_TASK, POPE_TASK)}
 
 # ----------------------------------------------------------------------------------------------- samples
 
-def chair_samples(coco: CocoVal2014, image_ids: Sequence[int], prompt: str = CHAIR_TASK.prompt) -> list[Sample]:
-    """One captioning sample per COCO val2014 image (id = the image id as text)."""
+def chair_samples(coco: CocoVal2014 | None, image_ids: Sequence[int], prompt: str = CHAIR_TASK.prompt,
+                  image_loader: Any = None) -> list[Sample]:
+    """One captioning sample per COCO val2014 image (id = the image id as text): the file under ``coco``'s
+    val2014 folder, or the picture ``image_loader(image_id)`` decodes (the HF copy of CHAIR)."""
+    if coco is None and image_loader is None:
+        raise ValueError("chair_samples needs a COCO root or an image loader")
     return [
-        Sample(id=str(int(i)), prompt=prompt, image=coco.image_path(int(i), check=False), meta={"image_id": int(i)})
+        Sample(id=str(int(i)), prompt=prompt, meta={"image_id": int(i)},
+               image=(_RowImage(image_loader, int(i)) if image_loader is not None
+                      else coco.image_path(int(i), check=False)))  # type: ignore[union-attr]
         for i in image_ids
     ]
 
@@ -89,10 +97,13 @@ def pope_samples(
     coco: CocoVal2014 | None = None,
     template: str = POPE_TASK.prompt,
     limit: int | None = None,
+    image_root: str | Path | None = None,
 ) -> list[Sample]:
     """One sample per POPE question (id ``"<split>/<question_id>"``), the first ``limit`` of each split.
 
-    Images come from the split's own loader (HF dataset) or from ``coco``'s val2014 folder (JSONL files).
+    Images come from the split's own loader (HF dataset), else from ``image_root`` (the folder the question
+    file's ``image`` names are relative to: GQA's images, A-OKVQA's COCO val2014, ...), else from ``coco``'s
+    val2014 folder (JSONL files).
     """
     samples = []
     for name, split in splits.items():
@@ -100,11 +111,13 @@ def pope_samples(
         for index, q in enumerate(questions):
             if split.image_loader is not None:
                 image: Any = _RowImage(split.image_loader, index)
+            elif image_root is not None:
+                image = Path(image_root) / q.image
             elif coco is not None:
                 image = coco.image_dir / q.image
             else:
-                raise UserError(f"POPE split {name!r} names COCO files ({q.image}); pass --coco-root (the folder "
-                                "holding val2014/)")
+                raise UserError(f"POPE split {name!r} names image files ({q.image}); pass --coco-root (the folder "
+                                "holding val2014/) or --image-root (the folder holding the files)")
             samples.append(Sample(
                 id=f"{name}/{q.question_id}", prompt=template.format(question=q.text), image=image,
                 meta={"split": name, "question_id": q.question_id, "image": q.image, "label": q.label,
@@ -115,7 +128,7 @@ def pope_samples(
 
 @dataclass(frozen=True)
 class _RowImage:
-    """Zero-argument callable decoding one dataset row's image on demand."""
+    """Zero-argument callable decoding one dataset row's (or image id's) image on demand."""
 
     loader: Any
     index: int
@@ -138,11 +151,12 @@ def _require_outputs(ok: Sequence[Any], errors: Sequence[Mapping[str, Any]]) -> 
         raise RuntimeError(f"no sample produced an output ({len(errors)} errors, e.g. {first}); see samples.jsonl")
 
 
-def score_chair(records: Sequence[Mapping[str, Any]], evaluator: CHAIR) -> tuple[dict[str, Any], dict[str, Any]]:
+def score_chair(records: Sequence[Mapping[str, Any]], evaluator: CHAIR, progress: bool = False
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics, per-caption details) over the records that have an output; errors are counted, not scored."""
     ok, errors = split_errors(records)
     _require_outputs(ok, errors)
-    result = evaluator.evaluate(ok, caption_key="output")
+    result = evaluator.evaluate(ok, caption_key="output", progress=progress)
     metrics = {**result.metrics, "n_scored": len(ok), "n_errors": len(errors)}
     return metrics, result.to_dict()
 
@@ -254,6 +268,13 @@ class RunOptions:
     command: Sequence[str] | None = None
     arguments: Mapping[str, Any] | None = None
     retry_errors: bool = False
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def decoding(self) -> Decoding:
+        """Greedy, or seeded multinomial sampling (``do_sample``) with ``temperature`` and ``top_p``."""
+        return Decoding(self.do_sample, float(self.temperature), float(self.top_p), self.seed)
 
 
 def _finish(
@@ -269,7 +290,8 @@ def _finish(
         "task": dataclasses.asdict(task),
         **provenance,
         "seed": options.seed,
-        "generation": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
+        "generation": {"greedy": not options.do_sample, **options.decoding().record(),
+                       "max_new_tokens": max_new_tokens, "batch_size": options.batch_size,
                        "padding_side": "left", "guidance": guidance_record(configs)},
         "n_samples": len(records),
         "errors": errors,
@@ -281,6 +303,7 @@ def _finish(
         "arguments": dict(options.arguments or {}),
     }
     record = metrics_record(task.name, method_name(configs), model_id, _json_ready(metrics), _json_ready(full))
+    record["intervals"] = recorded_intervals(out, record, options.progress)  # from the files just written
     write_metrics(out, record)
     logger.info("wrote %s", out / "metrics.json")
     return record
@@ -296,6 +319,18 @@ def check_options(options: RunOptions) -> None:
         raise UserError(f"--limit must be >= 1, got {options.limit} (omit it to run every sample)")
     if options.retry_errors and not options.resume:
         raise UserError("--retry-errors re-runs the failed samples of an existing run: pass --resume too")
+    if not math.isfinite(options.temperature) or options.temperature <= 0:
+        raise UserError(f"--temperature must be a number > 0, got {options.temperature} (1 samples from the model's "
+                        "distribution)")
+    if not math.isfinite(options.top_p) or not 0 < options.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {options.top_p} (1 keeps every token)")
+    if not options.do_sample and (options.temperature != 1.0 or options.top_p != 1.0):
+        raise UserError("--temperature and --top-p apply to sampling: add --do-sample (decoding is greedy without it)")
+
+
+def _decoding_settings(options: RunOptions) -> dict[str, Any]:
+    """What run.json records of the decoding: nothing for greedy (older greedy runs resume as they were)."""
+    return {"decoding": options.decoding().record()} if options.do_sample else {}
 
 
 def _warn_missing_images(samples: Sequence[Sample], where: Path) -> None:
@@ -312,7 +347,7 @@ def _warn_missing_images(samples: Sequence[Sample], where: Path) -> None:
 class ChairPlan:
     """A CHAIR run without the model: its samples, the scorer and what run.json records, all checked up front."""
 
-    coco: CocoVal2014
+    coco: CocoVal2014 | None
     image_ids: tuple[int, ...]
     image_info: Mapping[str, Any]
     prompt: str
@@ -320,6 +355,7 @@ class ChairPlan:
     samples: tuple[Sample, ...]
     evaluator: CHAIR
     settings: Mapping[str, Any]
+    dataset: Mapping[str, Any]
     task: Task = CHAIR_TASK
 
 
@@ -355,69 +391,115 @@ def _run_settings(plan: ChairPlan | PopePlan, model: Any, model_id: str, configs
 # ----------------------------------------------------------------------------------------------- CHAIR
 
 def chair_image_list(
-    coco: CocoVal2014, image_list: str | Path | None = None, num_images: int = DEFAULT_CHAIR_IMAGES, seed: int = 0,
-    instances: Mapping[str, Any] | None = None,
+    coco: CocoVal2014 | None, image_list: str | Path | None = None, num_images: int = DEFAULT_CHAIR_IMAGES,
+    seed: int = 0, instances: Mapping[str, Any] | None = None, pool: Sequence[int] | None = None,
+    pool_source: str | None = None,
 ) -> tuple[list[int], dict[str, Any]]:
-    """The CHAIR images and how they were chosen: a user's list, or ``sample_image_ids`` over val2014 with
-    ``seed`` (all images when val2014 has fewer than ``num_images``).
+    """The CHAIR images and how they were chosen: a user's list, or ``sample_image_ids`` over the pool (val2014's
+    images, or ``pool``: the images of the HF copy) with ``seed`` (all of them when there are fewer than
+    ``num_images``).
 
-    A listed image that the val2014 annotations do not know raises UserError naming the list's file and line.
+    A listed image that the pool does not hold raises UserError naming the list's file and line.
     """
-    instances = coco.load_instances() if instances is None else instances
-    pool = coco_image_ids(instances)
+    if pool is None:
+        if coco is None:
+            raise ValueError("chair_image_list needs a COCO root or a pool of image ids")
+        instances = coco.load_instances() if instances is None else instances
+        pool = coco_image_ids(instances)
+        pool_source = str(coco.instances_path)
+    pool = sorted(pool)
     if image_list is not None:
         located = read_image_list(image_list)
         known = set(pool)
         for where, image_id in located:
             if image_id not in known:
-                raise UserError(f"{image_list} {where}: image {image_id} is not in {coco.instances_path}; list COCO "
-                                "val2014 images only")
+                raise UserError(f"{image_list} {where}: image {image_id} is not in {pool_source}; list images of "
+                                "the CHAIR ground truth only (COCO val2014)")
         return [i for _, i in located], {"source": str(image_list), "sha256": file_sha256(image_list)}
     n = min(num_images, len(pool))
     if n < num_images:
-        logger.warning("CHAIR: val2014 annotations list only %d images; using all of them, not %d", n, num_images)
+        logger.warning("CHAIR: %s holds only %d images; using all of them, not %d", pool_source, n, num_images)
     return sample_image_ids(pool, n, seed), {"source": "sample_image_ids", "seed": seed, "n": n,
                                              "pool": len(pool)}
 
 
+def coco_dataset_record(coco: CocoVal2014) -> dict[str, Any]:
+    """What a CHAIR result records about a COCO root: its path and both annotation files' sha256."""
+    return {"name": "COCO val2014", "root": str(coco.root), "instances_sha256": file_sha256(coco.instances_path),
+            "captions_sha256": file_sha256(coco.captions_path)}
+
+
+def check_chair_source(coco_root: str | Path | None, hf_dataset: str | None) -> None:
+    """Exactly one CHAIR ground truth: a COCO root or the HF copy."""
+    if (coco_root is None) == (hf_dataset is None):
+        raise UserError("CHAIR needs one ground truth: --coco-root (val2014/ and its annotations) or --hf-dataset "
+                        "(the mscoco_chair copy, a hub name or a save_to_disk folder), not "
+                        + ("both" if coco_root is not None else "neither"))
+
+
 def plan_chair(
-    coco_root: str | Path,
+    coco_root: str | Path | None,
     options: RunOptions = RunOptions(),
     image_list: str | Path | None = None,
     num_images: int = DEFAULT_CHAIR_IMAGES,
     lemmatizer: str = "auto",
     prompt: str | None = None,
+    hf_dataset: str | None = None,
+    hf_split: str = "test",
+    ground_truth: ChairGroundTruth | None = None,
 ) -> ChairPlan:
-    """Check every CHAIR input and build the run (no model needed): the settings, the COCO layout and both
-    annotation files, the image list, the prompt and the CHAIR ground truth of the chosen images."""
+    """Check every CHAIR input and build the run (no model needed): the settings, the ground truth (a COCO root:
+    its layout and both annotation files; or the HF ``mscoco_chair`` copy, ``hf_dataset``, whose rows carry
+    image and ground truth; ``ground_truth`` is that copy already read), the image list and the prompt."""
     check_options(options)
+    if ground_truth is None:
+        check_chair_source(coco_root, hf_dataset)
     if image_list is None and num_images < 1:
         raise UserError(f"--num-images must be >= 1, got {num_images}")
     prompt = CHAIR_TASK.prompt if prompt is None else prompt
     if not prompt.strip():
         raise UserError("--prompt is empty; give the captioning instruction (default: "
                         f"{CHAIR_TASK.prompt!r})")
-    coco = coco_val2014(coco_root)
-    coco.check()
-    instances = coco.load_instances()
-    captions = coco.load_captions()
-    ids, list_info = chair_image_list(coco, image_list, num_images, options.seed, instances)
-    if options.limit is not None:
-        ids = ids[: options.limit]
-    samples = chair_samples(coco, ids, prompt)
+    coco = None
+    if ground_truth is None and hf_dataset is not None:
+        ground_truth = load_chair_hf(hf_dataset, hf_split)
+    if ground_truth is not None:
+        ids, list_info = chair_image_list(None, image_list, num_images, options.seed, pool=list(ground_truth.objects),
+                                          pool_source=f"the CHAIR dataset {ground_truth.provenance['dataset']}")
+        if options.limit is not None:
+            ids = ids[: options.limit]
+        if ground_truth.image_loader is None:
+            raise UserError(f"the CHAIR dataset {ground_truth.provenance['dataset']} has no image column; generate "
+                            "from a COCO root (--coco-root), or score captions made elsewhere with vlm-attn score "
+                            "chair")
+        samples = chair_samples(None, ids, prompt, image_loader=ground_truth.image_loader)
+        evaluator = CHAIR(ground_truth={i: ground_truth.objects[i] for i in ids}, lemmatizer=lemmatizer)
+        dataset = dict(ground_truth.provenance)
+        source = {"hf_dataset": dataset["dataset"], "hf_split": dataset["split"]}
+    else:
+        coco = coco_val2014(coco_root)  # type: ignore[arg-type]
+        coco.check()
+        instances = coco.load_instances()
+        captions = coco.load_captions()
+        ids, list_info = chair_image_list(coco, image_list, num_images, options.seed, instances)
+        if options.limit is not None:
+            ids = ids[: options.limit]
+        samples = chair_samples(coco, ids, prompt)
+        _warn_missing_images(samples, coco.image_dir)
+        evaluator = CHAIR.from_coco(instances, captions, image_ids=ids, lemmatizer=lemmatizer)
+        dataset = coco_dataset_record(coco)
+        source = {"coco_root": str(coco.root)}
     check_unique_ids(samples, str(image_list or "the image list"))
-    _warn_missing_images(samples, coco.image_dir)
-    evaluator = CHAIR.from_coco(instances, captions, image_ids=ids, lemmatizer=lemmatizer)
     settings = {
-        "prompt": prompt, "limit": options.limit, "seed": options.seed,
+        "prompt": prompt, "limit": options.limit, "seed": options.seed, **_decoding_settings(options),
         "num_images": None if image_list is not None else num_images,
         "image_list": None if image_list is None else {"path": str(image_list), "sha256": list_info["sha256"]},
-        "coco_root": str(coco.root),
+        **source,
     }
     return ChairPlan(
         coco=coco, image_ids=tuple(ids), image_info={**list_info, "limit": options.limit, "image_ids": ids},
         prompt=prompt, max_new_tokens=options.max_new_tokens or CHAIR_TASK.max_new_tokens, samples=tuple(samples),
-        evaluator=evaluator, settings=settings,
+        evaluator=evaluator, settings=settings, dataset=dataset,
     )
 
 
@@ -431,19 +513,16 @@ def execute_chair(
     records = run_samples(
         model, processor, list(plan.samples), out, _run_settings(plan, model, model_id, configs, options),
         configs=configs, batch_size=options.batch_size, max_new_tokens=plan.max_new_tokens, seed=options.seed,
-        resume=options.resume, progress=options.progress, dist=dist, extra_files={IMAGE_LIST_FILE: plan.image_info},
+        resume=options.resume, progress=options.progress, dist=dist, decoding=options.decoding(),
+        extra_files={IMAGE_LIST_FILE: plan.image_info},
         retry_errors=options.retry_errors,
     )
     if records is None:
         return None
-    metrics, details = score_chair(records, plan.evaluator)
+    metrics, details = score_chair(records, plan.evaluator, progress=options.progress)
     (out / CHAIR_DETAILS_FILE).write_text(json.dumps(details, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     provenance = {
-        "dataset": {
-            "name": "COCO val2014", "root": str(plan.coco.root),
-            "instances_sha256": file_sha256(plan.coco.instances_path),
-            "captions_sha256": file_sha256(plan.coco.captions_path),
-        },
+        "dataset": dict(plan.dataset),
         "image_list": plan.image_info,
         "image_list_file": IMAGE_LIST_FILE,
         "prompt": plan.prompt,
@@ -457,7 +536,7 @@ def run_chair(
     model: Any,
     processor: Any,
     model_id: str,
-    coco_root: str | Path,
+    coco_root: str | Path | None,
     out: str | Path,
     configs: Sequence[Any] = (),
     options: RunOptions = RunOptions(),
@@ -466,13 +545,15 @@ def run_chair(
     lemmatizer: str = "auto",
     prompt: str | None = None,
     dist: DistContext | None = None,
+    hf_dataset: str | None = None,
+    hf_split: str = "test",
 ) -> dict[str, Any] | None:
     """Caption the CHAIR images, score them, write ``metrics.json``; returns its record (None off the main process).
 
     Writes ``image_list.json`` (the images run, after ``options.limit``) and ``chair_details.json`` (per caption).
     Every input is checked (``plan_chair``) before the first sample is generated.
     """
-    plan = plan_chair(coco_root, options, image_list, num_images, lemmatizer, prompt)
+    plan = plan_chair(coco_root, options, image_list, num_images, lemmatizer, prompt, hf_dataset, hf_split)
     return execute_chair(model, processor, model_id, plan, out, configs, options, dist)
 
 
@@ -550,9 +631,11 @@ def plan_pope(
     coco_root: str | Path | None = None,
     parse_mode: str = "official",
     prompt: str | None = None,
+    image_root: str | Path | None = None,
 ) -> PopePlan:
     """Check every POPE input and build the run (no model needed): settings, parse mode, prompt template, the
-    COCO image folder and the samples (labels were checked when the questions were read)."""
+    image folder (``image_root``, else COCO's val2014) and the samples (labels were checked when the questions
+    were read)."""
     check_options(options)
     if parse_mode not in pope_lib.PARSE_MODES:
         raise UserError(f"POPE parse mode must be one of {pope_lib.PARSE_MODES}, not {parse_mode!r}")
@@ -564,14 +647,22 @@ def plan_pope(
         if not coco.image_dir.is_dir():
             raise FileNotFoundError(f"COCO images not found: {coco.image_dir}; download val2014.zip from "
                                     f"cocodataset.org and unzip it into {coco.root}")
+    if image_root is not None and not Path(image_root).is_dir():
+        raise FileNotFoundError(f"--image-root {image_root} is not a directory; pass the folder that the question "
+                                "files' image names are relative to (e.g. GQA's images/)")
     template = POPE_TASK.prompt if prompt is None else prompt
     check_pope_template(template)
-    samples = pope_samples(splits, coco, template, options.limit)
+    samples = pope_samples(splits, coco, template, options.limit, image_root)
     check_unique_ids(samples, "the POPE questions")
-    if coco is not None:
+    if image_root is not None:
+        _warn_missing_images(samples, Path(image_root))
+    elif coco is not None:
         _warn_missing_images(samples, coco.image_dir)
-    settings = {"prompt": template, "limit": options.limit, "seed": options.seed, "splits": list(splits),
+    settings = {"prompt": template, "limit": options.limit, "seed": options.seed, **_decoding_settings(options),
+                "splits": list(splits),
                 "coco_root": str(coco.root) if coco is not None else None}
+    if image_root is not None:
+        settings["image_root"] = str(image_root)
     return PopePlan(
         splits=dict(splits), coco=coco, prompt=template, parse_mode=parse_mode,
         max_new_tokens=options.max_new_tokens or POPE_TASK.max_new_tokens, samples=tuple(samples), settings=settings,
@@ -589,7 +680,8 @@ def execute_pope(
     records = run_samples(
         model, processor, list(plan.samples), out, _run_settings(plan, model, model_id, configs, options),
         configs=configs, batch_size=options.batch_size, max_new_tokens=plan.max_new_tokens, seed=options.seed,
-        resume=options.resume, progress=options.progress, dist=dist, retry_errors=options.retry_errors,
+        resume=options.resume, progress=options.progress, dist=dist, decoding=options.decoding(),
+        retry_errors=options.retry_errors,
     )
     if records is None:
         return None
@@ -597,6 +689,7 @@ def execute_pope(
     provenance = {
         "dataset": {name: split.provenance for name, split in plan.splits.items()},
         "coco_root": str(plan.coco.root) if plan.coco is not None else None,
+        "image_root": plan.settings.get("image_root"),
         "limit_per_split": options.limit,
         "image_list": sorted({str(r["image"]) for r in records}),
         "prompt": plan.prompt,
@@ -618,8 +711,9 @@ def run_pope(
     parse_mode: str = "official",
     prompt: str | None = None,
     dist: DistContext | None = None,
+    image_root: str | Path | None = None,
 ) -> dict[str, Any] | None:
     """Answer the POPE questions (first ``options.limit`` per split), score, write ``metrics.json``; returns its
     record (None off the main process). Every input is checked (``plan_pope``) before the first sample."""
-    plan = plan_pope(splits, options, coco_root, parse_mode, prompt)
+    plan = plan_pope(splits, options, coco_root, parse_mode, prompt, image_root)
     return execute_pope(model, processor, model_id, plan, out, configs, options, dist)

@@ -262,12 +262,15 @@ class VlmAttn(lmms):
         import torch
 
         from ..api import apply, guidance_settings
+        from ..passes.branch import contrast_configs
         from ..prompting import build_inputs
 
-        if self.input_config is not None or guidance_settings(self.attention_configs) is not None:
-            raise UserError("loglikelihood tasks score fixed answers: image-free guidance (PAI/PAINT guidance) and "
-                            "input-level methods (funnel, vicrop) act on generation only; set <method>_guidance="
-                            "false and drop funnel/vicrop for this task")
+        contrast = [type(c).__name__ for c in contrast_configs(self.attention_configs) if c.active]
+        if self.input_config is not None or guidance_settings(self.attention_configs) is not None or contrast:
+            raise UserError("loglikelihood tasks score fixed answers: image-free guidance (PAI/PAINT guidance), "
+                            "contrastive decoders (vcd, icd, m3id) and input-level methods (funnel, vicrop) act on "
+                            "generation only; set <method>_guidance=false and drop vcd/icd/m3id and funnel/vicrop "
+                            "for this task")
         tokenizer = self.processor.tokenizer
         out: list[tuple[float, bool]] = []
         configs = self.attention_configs

@@ -4,5 +4,8 @@ from .var import VARConfig
 from .heads import HeadSensitivity
 from .pai import PAIConfig
 from .paint import PAINTConfig
+from .dola import DoLaConfig
+from .only import ONLYConfig
+from .vista import VISTAConfig
 
-__all__ = ["HeadSensitivity", "PAIConfig", "PAINTConfig", "VARConfig"]
+__all__ = ["DoLaConfig", "HeadSensitivity", "ONLYConfig", "PAIConfig", "PAINTConfig", "VARConfig", "VISTAConfig"]

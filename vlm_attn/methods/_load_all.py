@@ -3,3 +3,4 @@
 from . import var  # noqa: F401
 from . import pai, paint  # noqa: F401
 from . import funnel, vicrop  # noqa: F401
+from . import dola, icd, m3id, only, vcd, vista  # noqa: F401

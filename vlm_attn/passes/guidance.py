@@ -5,7 +5,8 @@ adapter's `drop_image`), with its own KV cache, feeding the tokens generated so 
 
     out = gamma * (logp_img - logp_noimg) + logp_noimg,   out = -inf where logp_img < log(cutoff) + max logp_img.
 
-The image-free pass is never steered: it runs with the model's vlm-attn engine paused (plain attention, and the
+The image-free pass is one `vlm_attn.passes.branch.SecondBranch` (the mechanism VCD, ICD and M3ID use too).
+It is never steered: it runs with the model's vlm-attn engine paused (plain attention, and the
 main call's per-call state is neither read nor reset). Position ids are passed explicitly, so model-level position
 state (Qwen-VL's `rope_deltas`) is left alone.
 
@@ -20,17 +21,17 @@ Every vlm-attn entry point adds it through `vlm_attn.steered_generate` (the one 
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from transformers import LogitsProcessor
 
-from ..engine import engine_of, unsteered
+from ..engine import engine_of
 from ..methods.config import check_nonneg as _check_nonneg, check_open_closed_unit as _check_open_closed_unit
 from ..methods.pai import guided_logits
 from ..patches.base import FamilyAdapter, get_adapter
+from .branch import SecondBranch, no_image_prompt
 
 __all__ = ["ImageFreeGuidance", "guidance_settings"]
 
@@ -56,60 +57,14 @@ class ImageFreeGuidance(LogitsProcessor):
         self.adapter: FamilyAdapter = get_adapter(model)
         self.gamma = _check_nonneg("gamma", gamma)
         self.cutoff = _check_open_closed_unit("cutoff", cutoff)
-        prompt = inputs["input_ids"]
-        extra = {k: inputs[k] for k in ("mm_token_type_ids",) if inputs.get(k) is not None}
-        free = self.adapter.drop_image(prompt, inputs.get("attention_mask"), **extra)
-        self._ids = free.pop("input_ids")
-        self._mask = free.pop("attention_mask")
-        self._extra = free  # per-token extras of a text-only forward (zeros for the new tokens too)
-        self.prompt = prompt
-        self.prompt_len = prompt.shape[1]
-        self._cache: Any = None
-        self._fed = 0  # generated tokens already in the image-free cache
-
-    @contextlib.contextmanager
-    def _unsteered(self) -> Iterator[None]:
-        with unsteered(self.model), torch.no_grad():
-            yield
+        self.prompt = inputs["input_ids"]
+        self.prompt_len = self.prompt.shape[1]
+        # the image-free copy of the prompt, run as the one second-branch mechanism (its own cache, unsteered)
+        self.branch = SecondBranch(model, no_image_prompt(self.adapter, inputs), self.prompt, self.adapter)
 
     def image_free_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, V) next-token logits of the image-free prompt followed by the tokens generated so far."""
-        batch, total = input_ids.shape
-        if batch != self.prompt.shape[0]:
-            raise ValueError(
-                f"guidance was built for a batch of {self.prompt.shape[0]} but generate runs {batch} sequences: "
-                "beam search and num_return_sequences > 1 are not supported with image-free guidance"
-            )
-        generated = total - self.prompt_len
-        if generated < self._fed or generated < 0:
-            raise ValueError(
-                "guidance received a sequence shorter than its prompt or than the previous step: build one "
-                "processor per generate call (handle.logits_processor(inputs))"
-            )
-        new = input_ids[:, self.prompt_len + self._fed :].to(self._ids.device)
-        ones = torch.ones_like(new, dtype=self._mask.dtype)
-        if self._cache is None:  # first step: the image-free prompt plus whatever was generated already
-            feed = torch.cat([self._ids, new], dim=1)
-            extra = {k: torch.cat([v, torch.zeros_like(new, dtype=v.dtype)], dim=1) for k, v in self._extra.items()}
-        else:
-            feed = new
-            extra = {k: torch.zeros_like(new, dtype=v.dtype) for k, v in self._extra.items()}
-        if feed.shape[1] == 0:
-            raise ValueError("guidance was called twice for the same step")
-        self._mask = torch.cat([self._mask, ones], dim=1)
-        with self._unsteered():
-            out = self.model(
-                input_ids=feed,
-                attention_mask=self._mask,
-                position_ids=self.adapter.text_position_ids(self._mask, feed.shape[1]),
-                cache=self._cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **extra,
-            )
-        self._cache = out.cache
-        self._fed = generated
-        return out.logits[:, -1, :]
+        return self.branch.logits(input_ids)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         free = self.image_free_logits(input_ids).to(scores.device)

@@ -218,6 +218,14 @@ class FamilyAdapter:
     def attention_module(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
 
+    def final_norm(self) -> nn.Module:
+        """The language model's final norm (applied to the last decoder layer's output before the LM head)."""
+        return self.language_model().norm
+
+    def output_head(self) -> nn.Module:
+        """The LM head (hidden state -> vocabulary logits): read-outs of early layers (DoLa, VISTA, ONLY) use it."""
+        return self.model.get_output_embeddings()
+
     def set_text_attn_implementation(self, name: str) -> None:
         """Switch only the language model (SPEC §1.3): the vision tower keeps its implementation."""
         self.model.set_attn_implementation({"text_config": name})

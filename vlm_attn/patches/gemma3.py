@@ -64,7 +64,8 @@ class Gemma3Adapter(FamilyAdapter):
         each encoded image (pan-and-scan crops included) is one soft-token block.
         """
         from ._grids import square_side
-        from ._vision_capture import group_sum, hook_clip_tower, pooled_groups
+        from ..methods.paint.selection import merge_scores
+        from ._vision_capture import hook_clip_tower
 
         vision = self.config.vision_config
         side = vision.image_size // vision.patch_size
@@ -75,7 +76,8 @@ class Gemma3Adapter(FamilyAdapter):
             )
         tower = self.model.model.vision_tower
         layers = getattr(tower, "vision_model", tower).encoder.layers
-        reduce = group_sum(pooled_groups(side, side // cells))
+        kernel = side // cells
+        reduce = lambda scores: merge_scores(scores, kernel, (side, side))  # noqa: E731  (row-major cells)
         return hook_clip_tower(layers, 0, len(layers) - 1, False, sink, reduce=reduce)
 
     def image_free_mask(self, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:

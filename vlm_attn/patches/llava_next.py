@@ -25,38 +25,22 @@ class LlavaNextAdapter(FamilyAdapter):
         Tiles and newline tokens are not amplified. The per-image tile counts come from `image_sizes`, which only
         `get_image_features` sees: it is wrapped on this model instance (removed again on `remove`).
         """
-        import functools
-
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-        from ._vision_capture import InstanceOverride
+        from ._vision_capture import first_entries_of_each_image
         from .llava import llava_paint_capture
 
-        inner = self.model.model
-        original = inner.get_image_features
-        state: dict[str, Any] = {}
         config = self.config
 
-        @functools.wraps(original)  # generate reads the signature to pick the encoder's kwargs
-        def get_image_features(*args: Any, **kwargs: Any) -> Any:
+        def tile_counts(args: tuple, kwargs: dict[str, Any]) -> list[int] | None:
             sizes = kwargs.get("image_sizes", args[1] if len(args) > 1 else None)
-            if sizes is not None:
-                counts = [
-                    image_size_to_num_patches(image_size=s, grid_pinpoints=config.image_grid_pinpoints,
-                                              patch_size=config.vision_config.image_size)
-                    for s in sizes
-                ]
-                state["bases"] = [sum(counts[:i]) for i in range(len(counts))]
-            try:
-                return original(*args, **kwargs)
-            finally:
-                state.pop("bases", None)
+            if sizes is None:
+                return None
+            return [image_size_to_num_patches(image_size=s, grid_pinpoints=config.image_grid_pinpoints,
+                                              patch_size=config.vision_config.image_size) for s in sizes]
 
-        def entries(n: int) -> list[int] | None:
-            return state.get("bases")
-
-        inner.get_image_features = get_image_features
-        return [InstanceOverride(inner, "get_image_features"), *llava_paint_capture(self, sink, entries)]
+        override, entries = first_entries_of_each_image(self.model.model, tile_counts)
+        return [override, *llava_paint_capture(self, sink, entries)]
 
     def paint_image_positions(self, run: Any, num_scores: int) -> Any:
         from .llava import llava_image_positions

@@ -64,37 +64,23 @@ class LlavaOnevisionAdapter(ImageOnlyProcessorFamily):
         instance (removed again on `remove`). With "default" feature selection the first patch is dropped, as the
         model drops it.
         """
-        import functools
-
         from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
-        from ._vision_capture import InstanceOverride, feature_layer_index, hook_clip_tower
+        from ._vision_capture import feature_layer_index, first_entries_of_each_image, hook_clip_tower
 
         inner = self.model.model
-        original = inner.get_image_features
-        state: dict[str, Any] = {}
         config = self.config
 
-        @functools.wraps(original)  # generate reads the signature to pick the encoder's kwargs
-        def get_image_features(*args: Any, **kwargs: Any) -> Any:
+        def tile_counts(args: tuple, kwargs: dict[str, Any]) -> list[int] | None:
             sizes = kwargs.get("image_sizes", args[1] if len(args) > 1 else None)
-            per_sample = kwargs.get("batch_num_images")
-            if sizes is not None:
-                patching = ([True] * len(sizes) if per_sample is None
-                            else [int(n) == 1 for n in per_sample for _ in range(int(n))])
-                counts = [
-                    image_size_to_num_patches(image_size=size, grid_pinpoints=config.image_grid_pinpoints,
+            if sizes is None:
+                return None
+            per_sample = kwargs.get("batch_num_images")  # several images in one sample are not tiled
+            patching = [True] * len(sizes) if per_sample is None else [int(n) == 1 for n in per_sample
+                                                                       for _ in range(int(n))]
+            return [image_size_to_num_patches(image_size=size, grid_pinpoints=config.image_grid_pinpoints,
                                               patch_size=config.vision_config.image_size) if tiled else 1
-                    for size, tiled in zip(sizes, patching)
-                ]
-                state["bases"] = [sum(counts[:i]) for i in range(len(counts))]
-            try:
-                return original(*args, **kwargs)
-            finally:
-                state.pop("bases", None)
-
-        def entries(n: int) -> list[int] | None:
-            return state.get("bases")
+                    for size, tiled in zip(sizes, patching)]
 
         def drop_first(scores: Any) -> Any:
             return scores[1:]
@@ -103,10 +89,9 @@ class LlavaOnevisionAdapter(ImageOnlyProcessorFamily):
         layers = getattr(tower, "vision_model", tower).encoder.layers
         feature = feature_layer_index(config.vision_feature_layer, len(layers))
         default = getattr(config, "vision_feature_select_strategy", "full") == "default"
-        inner.get_image_features = get_image_features
-        return [InstanceOverride(inner, "get_image_features"),
-                *hook_clip_tower(layers, 0, feature, False, sink, entries=entries,
-                                 reduce=drop_first if default else None)]
+        override, entries = first_entries_of_each_image(inner, tile_counts)
+        return [override, *hook_clip_tower(layers, 0, feature, False, sink, entries=entries,
+                                           reduce=drop_first if default else None)]
 
     @classmethod
     def processor_settings(cls, processor: Any) -> dict[str, Any]:

@@ -79,6 +79,7 @@ class Qwen2VLAdapter(ImageOnlyProcessorFamily):
         Scores are column means (no CLS, SPEC §4), summed inside each merged 2x2 group (the ViT emits each group's
         four patches consecutively), reordered to the LM's row-major token order and split per image.
         """
+        from ..methods.paint.selection import merge_scores
         from ._vision_capture import qwen_column_sums
         from .base import VisionScores
 
@@ -96,7 +97,7 @@ class Qwen2VLAdapter(ImageOnlyProcessorFamily):
                     return
                 with torch.no_grad():
                     col = qwen_column_sums(module, args, kwargs)
-                    merged = col.view(-1, merge * merge).sum(dim=-1)
+                    merged = merge_scores(col, merge, patch_order="merge_grouped")
                     order = self._merged_order(grid)
                     if order is not None:
                         merged = merged[order.to(merged.device)]

@@ -125,12 +125,13 @@ def _lmms_eval(python: str, task: Path, out: Path, env: dict[str, str], model_ar
     return answers, result, json.loads(Path(records[0]).read_text())
 
 
-@pytest.mark.parametrize("methods,processes", [((), 1), (("pai",), 2), (("funnel",), 1)],
-                         ids=["baseline", "pai-2-processes", "funnel"])
+@pytest.mark.parametrize("methods,processes", [((), 1), (("pai",), 2), (("vcd",), 1), (("funnel",), 1)],
+                         ids=["baseline", "pai-2-processes", "vcd", "funnel"])
 def test_lmms_eval_matches_vlm_attn_eval(methods, processes, lmms_python, toy_data, task, env, tmp_path):
     """Same answers per question and same metrics as one `vlm-attn eval` process: baseline, a second-branch method
     (PAI with its image-free guidance) under a 2-process accelerate launch (lmms-eval shards the documents and
-    gathers them) and an input-level one (Visual Funnel); the record beside lmms-eval's results holds the vlm-attn
+    gathers them), a contrastive one on the same second-branch mechanism (VCD) and an input-level one (Visual
+    Funnel); the record beside lmms-eval's results holds the vlm-attn
     version and the resolved method configs, as `vlm-attn eval`'s metrics.json does."""
     import vlm_attn
 
@@ -238,7 +239,7 @@ def one_forward(lm, doc, text):  # log p(text | caption prompt) from one uncache
     return float(torch.log_softmax(logits[0, -n - 1:-1], -1).gather(1, target[0][:, None]).sum())
 out = {}
 for name, args in {"baseline": "pretrained=toy-vlm", "pai": "pretrained=toy-vlm,methods=pai,pai_guidance=false",
-                   "pai guidance": "pretrained=toy-vlm,methods=pai"}.items():
+                   "pai guidance": "pretrained=toy-vlm,methods=pai", "vcd": "pretrained=toy-vlm,methods=vcd"}.items():
     lm = cls.create_from_arg_string(args, {"batch_size": 2})
     lm.task_dict = {"t": {"test": docs}}
     answers = lm.generate_until([req("generate_until", (d["question"], {"max_new_tokens": 1}, visual, i, "t", "test"))
@@ -269,7 +270,8 @@ def test_loglikelihood_scores_the_greedy_answer_with_methods_applied(lmms_python
     """`loglikelihood` (lmms-eval's multiple-choice tasks) scores a continuation as generation produces it: the
     yes/no answer and the 5-token caption that `generate_until` gives are the greedy continuations (with PAI too,
     whose steering acts on each decode step's row) and the other answer scores lower; without methods the cached
-    step-by-step score equals one uncached forward; PAI changes the scores; guidance and sampling are refused."""
+    step-by-step score equals one uncached forward; PAI changes the scores; guidance, VCD and sampling are
+    refused."""
     rows = [json.loads(line) for line in (toy_data / "pope" / "coco_pope_random.jsonl").read_text().splitlines()][:4]
     docs = [{"question": r["text"], "image_path": str(toy_data / "val2014" / r["image"])} for r in rows]
     done = subprocess.run([lmms_python, "-c", SCORING, json.dumps(docs)], env=env, capture_output=True, text=True)
@@ -288,6 +290,9 @@ def test_loglikelihood_scores_the_greedy_answer_with_methods_applied(lmms_python
     assert [lp for lp, _ in base["caption_scores"]] == pytest.approx(base["uncached"], abs=1e-4)  # cache = no cache
     assert got["pai"]["caption_scores"] != base["caption_scores"]  # PAI's steering acts on the scoring steps
     assert got["pai"]["scores"] != base["scores"]
-    assert "image-free guidance" in got["pai guidance"]["scores"] and "_guidance=false" in got["pai guidance"]["scores"]
+    for name in ("pai guidance", "vcd"):  # second-branch decoders act on generation only
+        assert "image-free guidance" in got[name]["scores"] and "_guidance=false" in got[name]["scores"]
+        assert "contrastive decoders (vcd, icd, m3id)" in got[name]["scores"]
+        assert set(got[name]["answers"]) <= {"yes", "no"}, got[name]["answers"]  # they do generate
     for name in got:
         assert "decodes greedily" in got[name]["sampling"] and "temperature=0" in got[name]["sampling"]

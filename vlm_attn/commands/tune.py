@@ -172,7 +172,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         configs: list[Any] = []
         if s is not None:
             configs = build_configs(s, model)
-            check_against_model(configs, model)
+            check_against_model(configs, model, processor)
             if s.input_config is not None:
                 configs.append(s.input_config)
         write(f"tune: {label} -> {folder}")

@@ -170,7 +170,7 @@ class VlmAttn(lmms):
         hub = {"revision": revision} if revision else {}
         self.model, self.processor = load_model(str(pretrained), device=device or dist.device, dtype=dtype, **hub)
         configs = build_configs(spec, self.model)
-        check_against_model([*configs, spec.input_config], self.model)
+        check_against_model([*configs, spec.input_config], self.model, self.processor)
         self.attention_configs, self.input_config = configs, spec.input_config
         self.vlm_attn_record = run_record(self.model, str(pretrained), revision, [*configs, *(
             [spec.input_config] if spec.input_config is not None else [])], self.batch_size_per_gpu, dist.world)
@@ -217,7 +217,7 @@ class VlmAttn(lmms):
             gen_kwargs = dict(gen_kwargs or {})
             if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature", 0) or 0) > 0:
                 raise UserError(f"task {task} asks for sampling (do_sample/temperature > 0); the vlm_attn model "
-                                "decodes greedily as vlm-attn eval does: pass --gen_kwargs temperature=0")
+                                "decodes greedily (vlm-attn eval --do-sample is not wired into the plugin): pass --gen_kwargs temperature=0")
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             tokens = int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens)
@@ -231,7 +231,7 @@ class VlmAttn(lmms):
                 chunks.append([i])
         torch.manual_seed(0)  # vlm-attn eval's default seed (greedy decoding does not draw; kept for equality)
         configs = self.attention_configs
-        with apply(self.model, configs) if configs else contextlib.nullcontext(), tqdm(
+        with apply(self.model, configs, processor=self.processor) if configs else contextlib.nullcontext(), tqdm(
             total=len(work), desc="vlm_attn", disable=self._rank != 0
         ) as bar:
             for chunk in chunks:
@@ -274,7 +274,8 @@ class VlmAttn(lmms):
         tokenizer = self.processor.tokenizer
         out: list[tuple[float, bool]] = []
         configs = self.attention_configs
-        with apply(self.model, configs) if configs else contextlib.nullcontext(), torch.no_grad():
+        steered = apply(self.model, configs, processor=self.processor) if configs else contextlib.nullcontext()
+        with steered, torch.no_grad():
             for request in tqdm(requests, desc="vlm_attn loglikelihood", disable=self._rank != 0):
                 context, doc_to_target, doc_to_visual, doc_id, task, split = self._request(request, 6)
                 doc = self.task_dict[task][split][doc_id]

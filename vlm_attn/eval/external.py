@@ -82,14 +82,7 @@ def read_output_file(path: str | Path, what: str, example: str) -> OutputFile:
         located = [(f"sentence {i}", v) for i, v in enumerate(_chair_results(text) or [], 1)]
     else:
         fmt = "jsonl"
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                located.append((f"line {number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {number}: not valid JSON ({exc.msg}, column {exc.colno}); each line "
-                                f"needs one object such as {example}") from None
+        located = pope_lib.jsonl_rows(path, text, f"one object such as {example}")
     if not located:
         raise UserError(f"{path}: no {what} rows; the file holds an empty list")
     for where, row in located:

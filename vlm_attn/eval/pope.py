@@ -122,6 +122,12 @@ def _rows(path: Path, text: str) -> list[tuple[str, Any]]:
             raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); a POPE "
                             "file is one JSON object per line (or one JSON array)") from None
         return [(f"item {i}", row) for i, row in enumerate(rows, 1)]
+    return jsonl_rows(path, text, f"one object with {', '.join(QUESTION_KEYS)}")
+
+
+def jsonl_rows(path: Path, text: str, needs: str) -> list[tuple[str, Any]]:
+    """("line N", parsed value) per non-blank line of a JSON-lines file; a line that is not JSON is a one-line
+    UserError naming the file, the line and what each line `needs`."""
     located = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -130,7 +136,7 @@ def _rows(path: Path, text: str) -> list[tuple[str, Any]]:
             located.append((f"line {number}", json.loads(line)))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} line {number}: not valid JSON ({exc.msg}, column {exc.colno}); each line "
-                            f"needs one object with {', '.join(QUESTION_KEYS)}") from None
+                            f"needs {needs}") from None
     return located
 
 

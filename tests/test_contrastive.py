@@ -210,3 +210,13 @@ def test_a_generate_without_the_branch_processor_is_reported(load):
         assert handle.report()["guidance"] == "missing"
         model.generate(**batch, max_new_tokens=3, do_sample=False, logits_processor=handle.logits_processor(batch))
         assert handle.report()["guidance"] == "applied"
+
+
+def test_cli_report_names_the_branch_that_ran():
+    """The CLI report says which second branch its processor ran for: a contrast branch is not PAI's guidance."""
+    from vlm_attn.commands.common import format_report
+
+    contrast = format_report({"image_tokens": [4], "guidance": "applied", "vcd": {"active": True}})
+    guided = format_report({"image_tokens": [4], "guidance": "missing", "pai": {"active": True}})
+    assert "vcd contrast branch: applied" in contrast and "image-free guidance" not in contrast
+    assert "image-free guidance: missing" in guided

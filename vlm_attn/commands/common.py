@@ -290,8 +290,10 @@ def generate_text(model: Any, processor: Any, batch: Any, max_new_tokens: int) -
 def format_report(report: dict[str, Any]) -> str:
     """A small text table of what each method did, per layer."""
     lines = [f"image tokens per sample: {report.get('image_tokens')}"]
-    if "guidance" in report:
-        lines.append(f"image-free guidance: {report['guidance']}")
+    if "guidance" in report:  # the second branch's logits processor: PAI/PAINT guidance or a contrastive decoder
+        contrast = [name for name in ("vcd", "icd", "m3id") if name in report]
+        label = f"{contrast[0]} contrast branch" if contrast else "image-free guidance"
+        lines.append(f"{label}: {report['guidance']}")
     for name, data in report.items():
         if not isinstance(data, dict):
             continue

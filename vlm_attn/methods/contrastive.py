@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..engine.method import AttentionMethod, CallState
-from .config import MethodConfig, check_nonneg, check_open_closed_unit
+from .config import MethodConfig, Number, check_nonneg, check_open_closed_unit, setting
 
 __all__ = ["ContrastiveConfig", "ContrastiveMethod", "amplified_contrast", "implausible"]
 
@@ -75,6 +75,23 @@ class ContrastiveConfig(MethodConfig, ABC):
     @abstractmethod
     def combine(self, logits: Tensor, branch_logits: Tensor, step: int) -> Tensor:
         """The next-token scores from both branches' (B, V) logits; `step` = tokens generated before this one."""
+
+
+@dataclass(frozen=True)
+class AmplifiedContrastConfig(ContrastiveConfig):
+    """The settings VCD and ICD share: their rule is `amplified_contrast` with strength `alpha` and cut-off `beta`;
+    they differ only in the branch (noised image / disturbed instruction) and its own settings."""
+
+    alpha: float = setting(1.0, "contrast strength: (1+alpha) l - alpha l' (0 = off)", Number(low=0.0))
+    beta: float = setting(0.1, "plausibility cut-off: tokens with p < beta * max p are removed",
+                          Number(0.0, 1.0, low_open=True))
+
+    @property
+    def active(self) -> bool:
+        return self.alpha > 0
+
+    def combine(self, logits: Tensor, branch_logits: Tensor, step: int) -> Tensor:
+        return amplified_contrast(logits, branch_logits, self.alpha, self.beta)
 
 
 class ContrastiveMethod(AttentionMethod):

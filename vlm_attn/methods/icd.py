@@ -20,8 +20,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .config import Number, Text, setting
-from .contrastive import ContrastiveConfig, ContrastiveMethod, amplified_contrast
+from .config import Text, setting
+from .contrastive import AmplifiedContrastConfig, ContrastiveMethod, amplified_contrast
 from .registry import register_method
 
 __all__ = ["DISTURBANCES", "ICDConfig", "ICDMethod", "icd_logits"]
@@ -43,7 +43,7 @@ def icd_logits(logits: Tensor, disturbed_logits: Tensor, alpha: float, beta: flo
 
 
 @dataclass(frozen=True)
-class ICDConfig(ContrastiveConfig):
+class ICDConfig(AmplifiedContrastConfig):
     """Settings of ICD (SPEC-baselines §2). Validated on construction; ConfigError names the class and field.
 
     Attributes:
@@ -57,22 +57,12 @@ class ICDConfig(ContrastiveConfig):
     description: ClassVar[str] = "ICD: contrast with a disturbed instruction, (1+a)l - a l' + APC (ACL Findings 2024)"
     branch: ClassVar[str] = "prompt_prefix"
 
-    alpha: float = setting(1.0, "contrast strength: (1+alpha) l - alpha l' (0 = off)", Number(low=0.0))
-    beta: float = setting(0.1, "plausibility cut-off: tokens with p < beta * max p are removed",
-                          Number(0.0, 1.0, low_open=True))
     disturbance: str = setting(DISTURBANCES[3], "instruction written into the contrast prompt", Text(nonempty=True))
     separator: str = setting(" ", "text between the disturbance and the prompt", Text())
-
-    @property
-    def active(self) -> bool:
-        return self.alpha > 0
 
     def prefix_text(self) -> str:
         """What the contrast branch's prompt starts with (after BOS)."""
         return self.disturbance + self.separator
-
-    def combine(self, logits: Tensor, branch_logits: Tensor, step: int) -> Tensor:
-        return icd_logits(logits, branch_logits, self.alpha, self.beta)
 
 
 @register_method(ICDConfig)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .config import Number, setting
-from .contrastive import ContrastiveConfig, ContrastiveMethod, amplified_contrast
+from .contrastive import AmplifiedContrastConfig, ContrastiveMethod, amplified_contrast
 from .registry import register_method
 
 __all__ = [
@@ -78,7 +78,7 @@ def vcd_logits(logits: Tensor, noised_logits: Tensor, alpha: float, beta: float)
 
 
 @dataclass(frozen=True)
-class VCDConfig(ContrastiveConfig):
+class VCDConfig(AmplifiedContrastConfig):
     """Settings of VCD (SPEC-baselines §1). Validated on construction; ConfigError names the class and field.
 
     Attributes:
@@ -92,22 +92,12 @@ class VCDConfig(ContrastiveConfig):
     description: ClassVar[str] = "VCD: contrast with a diffusion-noised image, (1+a)l(v) - a l(v') + APC (CVPR 2024)"
     branch: ClassVar[str] = "noised_image"
 
-    alpha: float = setting(1.0, "contrast strength: (1+alpha) l(v) - alpha l(v') (0 = off)", Number(low=0.0))
-    beta: float = setting(0.1, "plausibility cut-off: tokens with p < beta * max p are removed",
-                          Number(0.0, 1.0, low_open=True))
     noise_step: int = setting(500, "diffusion step of the noised image (0..999)", Number(0, 999, integer=True))
     seed: int = setting(55, "seed of each image's noise", Number(low=0, integer=True))
-
-    @property
-    def active(self) -> bool:
-        return self.alpha > 0
 
     def noise(self, pixels: Tensor, inputs: Mapping[str, Any]) -> Tensor:
         """The distorted pixels v' of the contrast branch."""
         return add_diffusion_noise(pixels, self.noise_step, self.seed, inputs)
-
-    def combine(self, logits: Tensor, branch_logits: Tensor, step: int) -> Tensor:
-        return vcd_logits(logits, branch_logits, self.alpha, self.beta)
 
 
 @register_method(VCDConfig)

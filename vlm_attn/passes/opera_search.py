@@ -16,6 +16,8 @@ kept prefix on a copy of the prompt's cache (one forward over the response token
 
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import logging
 from typing import Any
@@ -298,9 +300,8 @@ def _rows_of(model, capture, cache, inputs, fed):
     with lookahead(model):
         capture.stop = True
         try:
-            model(**inputs, return_dict=True)
-        except _RowTaken:
-            pass
+            with contextlib.suppress(_RowTaken):  # raised once the last layer's row is read: the rest is not needed
+                model(**inputs, return_dict=True)
         finally:
             capture.stop = False
         cache.crop(-fed)  # drop the candidates again

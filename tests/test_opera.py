@@ -118,7 +118,7 @@ def test_rollback_refeeds_the_named_prefix_and_matches_recomputation(load, monke
     inputs = batch(processor)
     prompt_len = inputs["input_ids"].shape[1]
     fired, refed = [], []
-    real_target, real_refeed = opera_search.rollback_target, opera_search._refeed
+    real_target, real_reprefill = opera_search.rollback_target, opera_search._reprefill
 
     def target_once(history, counts, config):  # name position 3 once, at the 7th response token
         if history.shape[1] == 7 and not fired:
@@ -126,18 +126,15 @@ def test_rollback_refeeds_the_named_prefix_and_matches_recomputation(load, monke
             return 3
         return real_target(history, counts, config)
 
-    def spy(model_, prompt, prefix, plen):
-        logits, kwargs = real_refeed(model_, prompt, prefix, plen)
-        with torch.no_grad():  # recomputation without cache, same prefix (the prompt's image inputs included)
-            full = {k: v.repeat_interleave(prefix.shape[0], 0) for k, v in inputs.items()}  # one row per beam
-            full["input_ids"] = prefix
-            full["attention_mask"] = torch.ones_like(prefix)
-            again = model_(**full, use_cache=False).logits[:, -1].float()
-        refed.append((prefix.shape[1], torch.allclose(logits, again, atol=1e-4)))
-        return logits, kwargs
+    def spy(model_, capture, samples, *rest):
+        out = real_reprefill(model_, capture, samples, *rest)
+        s = samples[0]  # recomputation without cache, same prefix (the prompt's image inputs included)
+        again = _recompute(model_, inputs, s.state["running"][0, :, : s.cur_len])
+        refed.append((s.cur_len, torch.allclose(s.logits, again, atol=1e-4)))
+        return out
 
     monkeypatch.setattr(opera_search, "rollback_target", target_once)
-    monkeypatch.setattr(opera_search, "_refeed", spy)
+    monkeypatch.setattr(opera_search, "_reprefill", spy)
     out = model.generate(**inputs, num_beams=2, max_new_tokens=12, custom_generate=opera_decoding,
                          opera=OPERAConfig(num_beams=2, num_attn_candidates=3), **SCORED)
     assert refed == [(prompt_len + 3, True)]  # re-decides response index 3, on a cache equal to recomputation
@@ -170,7 +167,8 @@ def test_bad_generate_settings_fail_before_any_forward(load):
             with pytest.raises(UserError, match=message):
                 model.generate(**inputs, max_new_tokens=3, custom_generate=opera_decoding, **kwargs)
         two = build_inputs(processor, [make_image(0), make_image(1)], [PROMPT, PROMPT])
-        with pytest.raises(UserError, match="once per prompt"):
+        with vlm_attn.apply(model, vlm_attn.PAIConfig(guidance=False)), \
+                pytest.raises(UserError, match="with attention methods applied decodes one prompt per generate call"):
             model.generate(**two, num_beams=2, max_new_tokens=3, custom_generate=opera_decoding,
                            opera=OPERAConfig(num_beams=2))
     finally:
@@ -221,12 +219,12 @@ def test_every_family(load, family, monkeypatch):
     together, real, real_rows, same = [], opera_search._one_forward_inputs, opera_search._candidate_rows, []
 
     def candidate_rows(*args):  # the rows of one forward for all candidates == those of one forward each
-        rows, keys = real_rows(*args)
+        cand_logits, cand_tokens, rows, keys = real_rows(*args)
         with monkeypatch.context() as m:
             m.setattr(opera_search, "_one_forward_inputs", lambda *a: None)
-            alone, alone_keys = real_rows(*args)
+            alone, alone_keys = real_rows(*args)[2:]
         same.append(torch.allclose(rows, alone, atol=1e-6) and torch.equal(keys, alone_keys))
-        return rows, keys
+        return cand_logits, cand_tokens, rows, keys
 
     monkeypatch.setattr(opera_search, "_one_forward_inputs", lambda *a: together.append(real(*a)) or together[-1])
     monkeypatch.setattr(opera_search, "_candidate_rows", candidate_rows)
@@ -350,9 +348,10 @@ def test_planted_column_triggers_the_penalty_on_the_candidate_continuing_it(load
         seen.append((window.shape[-1], pen, loc))
         return pen, loc
 
-    def step(model_, config, capture, logits, *rest):
-        log_probs, target = real_step(model_, config, capture, logits, *rest)
-        steps.append((rest[3], logits.topk(2, dim=-1).indices, log_probs))
+    def step(config, s, *rest):
+        r, top2 = s.r, s.logits.topk(2, dim=-1).indices
+        log_probs, target = real_step(config, s, *rest)
+        steps.append((r, top2, log_probs))
         return log_probs, target
 
     monkeypatch.setattr(opera_search, "candidate_penalty", penalty)
@@ -378,13 +377,13 @@ def test_planted_column_past_the_threshold_rolls_back_to_it(load, monkeypatch):
     inputs = batch(processor)
     prompt_len, column = inputs["input_ids"].shape[1], 3
     PlantedColumn(monkeypatch, prompt_len, column, candidates={0, 1})
-    refed, real_refeed = [], opera_search._refeed
+    refed, real_reprefill = [], opera_search._reprefill
 
-    def spy(model_, prompt, prefix, plen):
-        refed.append(prefix.shape[1] - plen)
-        return real_refeed(model_, prompt, prefix, plen)
+    def spy(model_, capture, samples, *rest):
+        refed.append(samples[0].r)
+        return real_reprefill(model_, capture, samples, *rest)
 
-    monkeypatch.setattr(opera_search, "_refeed", spy)
+    monkeypatch.setattr(opera_search, "_reprefill", spy)
     cfg = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=2, min_rollback_location=column, first_tokens=0)
     out = model.generate(**inputs, num_beams=2, max_new_tokens=16, min_new_tokens=16, custom_generate=opera_decoding,
                          opera=cfg)
@@ -403,6 +402,7 @@ def test_planted_column_past_the_threshold_rolls_back_to_it(load, monkeypatch):
 def _recompute(model, inputs, prefix):
     """Last-position logits of `prefix` (beams, L) without any cache: the prompt's image inputs, one row per beam."""
     from vlm_attn.engine import unsteered
+    from vlm_attn.patches.base import get_adapter
 
     beams, prompt_len = prefix.shape[0], inputs["input_ids"].shape[1]
     full = {}
@@ -414,7 +414,9 @@ def _recompute(model, inputs, prefix):
         full[key] = value
     full["input_ids"] = prefix
     with torch.no_grad(), unsteered(model):
-        return model(**full, use_cache=False).logits[:, -1].float()
+        logits = model(**full, use_cache=False).logits[:, -1].float()
+    logits[:, get_adapter(model).image_token_ids()] = -float("inf")  # never chosen while rollback is on
+    return logits
 
 
 @pytest.mark.parametrize("family", ["llava", "gemma3"])  # gemma3: sliding-window layers shorter than the prompt
@@ -424,22 +426,20 @@ def test_kv_cache_equals_recomputation_at_every_step(load, family, monkeypatch):
     model, processor = load(family)
     inputs = batch(processor, family)
     PlantedColumn(monkeypatch, inputs["input_ids"].shape[1], 2, candidates={0, 1})  # rollbacks to 2, then 1
-    checked, real_main, real_refeed = [], opera_search._main_forward, opera_search._refeed
+    checked, real_main, real_reprefill = [], opera_search._main_forward, opera_search._reprefill
 
-    def main_forward(model_, capture, state, cur_len, prompt_len, model_kwargs):
-        logits, kwargs = real_main(model_, capture, state, cur_len, prompt_len, model_kwargs)
-        again = _recompute(model_, inputs, state["running"][0, :, :cur_len])
-        checked.append(("step", torch.allclose(logits, again, atol=1e-4)))
-        return logits, kwargs
+    def check(kind, real):
+        def spy(model_, capture, samples, *rest):
+            out = real(model_, capture, samples, *rest)
+            s = samples[0]
+            if not s.done:
+                again = _recompute(model_, inputs, s.state["running"][0, :, : s.cur_len])
+                checked.append((kind, torch.allclose(s.logits, again, atol=1e-4)))
+            return out
+        return spy
 
-    def refeed(model_, prompt, prefix, plen):
-        logits, kwargs = real_refeed(model_, prompt, prefix, plen)
-        if prefix.shape[1] > plen:
-            checked.append(("rollback", torch.allclose(logits, _recompute(model_, inputs, prefix), atol=1e-4)))
-        return logits, kwargs
-
-    monkeypatch.setattr(opera_search, "_main_forward", main_forward)
-    monkeypatch.setattr(opera_search, "_refeed", refeed)
+    monkeypatch.setattr(opera_search, "_main_forward", check("step", real_main))
+    monkeypatch.setattr(opera_search, "_reprefill", check("rollback", real_reprefill))
     cfg = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=1, min_rollback_location=2, first_tokens=0)
     model.generate(**inputs, num_beams=2, max_new_tokens=10, min_new_tokens=10, custom_generate=opera_decoding,
                    opera=cfg)

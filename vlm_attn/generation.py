@@ -293,6 +293,20 @@ def decoding_record(methods: Any) -> dict[str, Any]:
     return {"greedy": False, "decoding": "opera beam search", "num_beams": decoding.num_beams}
 
 
+def batch_decoding_kwargs(model: nn.Module, config: Any) -> dict[str, Any] | None:
+    """The `model.generate` kwargs that decode a whole left-padded batch with the decoding method `config` (OPERA's
+    beam search), or None when `config` runs one prompt per call: an input-level method, or OPERA while attention
+    methods are applied to `model` (a rollback re-runs the batch's prefill, where their edits differ)."""
+    from .engine import engine_of
+
+    if not isinstance(config, OPERAConfig):
+        return None
+    engine = engine_of(model)
+    if engine is not None and engine.methods:
+        return None
+    return {"num_beams": config.num_beams, "custom_generate": opera_decoding, "opera": config}
+
+
 def generate(
     model: nn.Module,
     processor: Any,

@@ -3,6 +3,6 @@
 Public for passes (code that runs its own forwards): `engine_of`, `unsteered`, `capturing`.
 """
 
-from .api import capturing, checkpoint_call, engine_of, lookahead, restore_call, unsteered
+from .api import capturing, engine_of, lookahead, replaying, unsteered
 
-__all__ = ["capturing", "checkpoint_call", "engine_of", "lookahead", "restore_call", "unsteered"]
+__all__ = ["capturing", "engine_of", "lookahead", "replaying", "unsteered"]

@@ -88,20 +88,20 @@ def lookahead(model: "nn.Module") -> Iterator[None]:
             engine.call = call
 
 
-def checkpoint_call(model: "nn.Module") -> object:
-    """An opaque copy of the engine's per-call position state (restore it with `restore_call`), None without one."""
-    engine = engine_of(model)
-    call = engine.call if engine is not None else None
-    return None if call is None else (call, call.image_mask, call.prefill, dict(call._cache))
+@contextlib.contextmanager
+def replaying(model: "nn.Module") -> Iterator[None]:
+    """A prefill inside re-runs the last call's prompts on the same images (their features not encoded again).
 
-
-def restore_call(model: "nn.Module", token: object) -> None:
-    """Put back the per-call state `checkpoint_call` took (OPERA's rollback re-feeds a prefix from that point)."""
+    OPERA re-runs its batch's prefill after a rollback. The engine starts a new call as for any prefill, marked
+    `CallState.replay`, so a method whose per-call state comes from the vision forward (PAINT's selection) takes
+    the one it had. Without an engine this does nothing.
+    """
     engine = engine_of(model)
-    if engine is None or token is None:
+    if engine is None:
+        yield
         return
-    call, mask, prefill, cache = token  # type: ignore[misc]
-    call.image_mask, call.prefill = mask, prefill
-    call._cache.clear()
-    call._cache.update(cache)
-    engine.call = call
+    previous, engine.replaying = engine.replaying, True
+    try:
+        yield
+    finally:
+        engine.replaying = previous

@@ -53,6 +53,7 @@ class Engine:
         # Set by `apply` when a config asks for PAI/PAINT image-free guidance: a decode step of a call whose
         # guidance processor never ran is then reported (report()["guidance"] == "missing") and logged once.
         self.expects_guidance = False
+        self.replaying = False  # set by `engine.api.replaying`: prefills re-run the last call's prompts
 
     @contextlib.contextmanager
     def pause(self) -> Iterator[None]:
@@ -129,7 +130,7 @@ class Engine:
         if past == 0 or self.call is None:
             mask = kwargs.get("attention_mask")
             prompt_mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.shape == new_mask.shape else None
-            self.call = CallState(image_mask=new_mask, prompt_mask=prompt_mask)
+            self.call = CallState(image_mask=new_mask, prompt_mask=prompt_mask, replay=self.replaying)
             missing = ~new_mask.any(dim=1)
             if input_ids is not None and bool(missing.any()):
                 logger.warning(

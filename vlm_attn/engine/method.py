@@ -32,6 +32,7 @@ class CallState:
     # (B, T0) bool: prompt positions that are real tokens, from the prefill's 2-D attention mask (False on left
     # padding); None when the forward got no 2-D mask (no padding, or prepared 4-D masks)
     prompt_mask: torch.Tensor | None = None
+    replay: bool = False  # a re-run of the previous call's prefill on the same images (`engine.api.replaying`)
     guidance_ran: bool = False  # the image-free guidance processor ran in this call (see Engine.mark_guidance)
     guidance_warned: bool = False  # a decode step ran without it (logged once per call)
     store: dict[Any, Any] = field(default_factory=dict)  # per-method scratch data, keyed by the method object

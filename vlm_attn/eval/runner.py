@@ -425,9 +425,11 @@ def _load(sample: Sample) -> Any:
 
 
 def generate_batch(model: Any, processor: Any, images: Sequence[Any], prompts: Sequence[str], max_new_tokens: int,
-                   decoding: Decoding = GREEDY, ids: Sequence[str] = ()) -> list[str]:
+                   decoding: Decoding = GREEDY, ids: Sequence[str] = (),
+                   method_kwargs: dict[str, Any] | None = None) -> list[str]:
     """Continuations of one left-padded batch (one image per prompt), special tokens removed; greedy unless
-    `decoding` samples (then torch is seeded from its seed and the sample `ids` first).
+    `decoding` samples (then torch is seeded from its seed and the sample `ids` first), or a decoding method's
+    search when `method_kwargs` (`vlm_attn.generation.batch_decoding_kwargs`) say so.
 
     Generates through `vlm_attn.steered_generate`, so the methods applied to `model` run as they do everywhere else
     (PAI / PAINT image-free guidance included).
@@ -442,7 +444,8 @@ def generate_batch(model: Any, processor: Any, images: Sequence[Any], prompts: S
     with torch.no_grad():
         if decoding.do_sample:
             torch.manual_seed(decoding.seed_for(ids))
-        out = steered_generate(model, **batch, max_new_tokens=max_new_tokens, **decoding.generate_kwargs())
+        out = steered_generate(model, **batch, max_new_tokens=max_new_tokens,
+                               **{**decoding.generate_kwargs(), **(method_kwargs or {})})
     new_tokens = out[:, batch["input_ids"].shape[1] :]
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -538,9 +541,12 @@ def _generate_isolating(
 ) -> list[tuple[Sample, dict[str, Any]]]:
     """``{"output": text}`` per sample of a batch; when the processor rejects the batch (ValueError, e.g. an image
     too small for it), the samples are retried one by one so only the offending one becomes ``{"error": ...}``."""
+    from ..generation import batch_decoding_kwargs
+
     if not ready:
         return []
-    if input_config is not None:
+    method_kwargs = batch_decoding_kwargs(model, input_config)  # OPERA alone decodes whole batches
+    if input_config is not None and method_kwargs is None:
         out = []
         for sample, image in ready:
             try:
@@ -552,7 +558,7 @@ def _generate_isolating(
         return out
     try:
         texts = generate_batch(model, processor, [im for _, im in ready], [s.prompt for s, _ in ready],
-                               max_new_tokens, decoding, [s.id for s, _ in ready])
+                               max_new_tokens, decoding, [s.id for s, _ in ready], method_kwargs)
         return [(sample, {"output": text}) for (sample, _), text in zip(ready, texts)]
     except ValueError as exc:
         if len(ready) == 1:
@@ -560,7 +566,7 @@ def _generate_isolating(
             return [(ready[0][0], {"error": f"{type(exc).__name__}: {exc}"})]
         logger.warning("a batch of %d failed (%s); retrying its samples one by one", len(ready), exc)
         return [pair for item in ready
-                for pair in _generate_isolating(model, processor, [item], max_new_tokens, None, decoding)]
+                for pair in _generate_isolating(model, processor, [item], max_new_tokens, input_config, decoding)]
 
 
 def run_samples(

@@ -210,6 +210,7 @@ class VlmAttn(lmms):
 
         from ..api import apply
         from ..eval.runner import generate_batch, generate_with_input_method
+        from ..generation import batch_decoding_kwargs
 
         work = []
         for request in requests:
@@ -236,12 +237,13 @@ class VlmAttn(lmms):
         ) as bar:
             for chunk in chunks:
                 tokens = work[chunk[0]][2]
-                if self.input_config is not None:
+                method_kwargs = batch_decoding_kwargs(self.model, self.input_config)  # OPERA alone: batched
+                if self.input_config is not None and method_kwargs is None:
                     texts = [generate_with_input_method(self.model, self.processor, work[i][1], work[i][0],
                                                         self.input_config, tokens)["output"] for i in chunk]
                 else:
                     texts = generate_batch(self.model, self.processor, [work[i][1] for i in chunk],
-                                           [work[i][0] for i in chunk], tokens)
+                                           [work[i][0] for i in chunk], tokens, method_kwargs=method_kwargs)
                 for i, text in zip(chunk, texts):
                     for stop in work[i][3]:
                         if stop and stop in text:

@@ -47,6 +47,7 @@ class PAINTMethod(AttentionMethod):
         self.name = config.name
         self.layers: frozenset[int] = frozenset()
         self._pending: dict[str, list[Any]] = {}
+        self._used: dict[str, list[Any]] = {}  # the scores the latest call was built from (a replayed call reuses)
         self._removables: list[Any] = []
         self._head_alpha: Tensor | None = None
         self.adapter: Any = None
@@ -70,6 +71,7 @@ class PAINTMethod(AttentionMethod):
             item.remove()
         self._removables.clear()
         self._pending.clear()
+        self._used = {}
 
     def _receive(self, kind: str, scores: list[Any]) -> None:
         if kind == "first":  # a new vision forward: earlier, unconsumed scores are stale
@@ -85,15 +87,16 @@ class PAINTMethod(AttentionMethod):
 
     def _build(self, call: CallState) -> tuple[Tensor, Tensor] | None:
         pending, self._pending = self._pending, {}
+        if not pending and call.replay:  # the same prompts again, their images not encoded again
+            pending = self._used
+        self._used = pending
         runs = _image_runs(call.image_mask)
         n_runs = sum(len(r) for r in runs)
         if n_runs == 0:
             return None
         first, feature = pending.get("first"), pending.get("feature")
-        if first is not None and feature is not None:  # family-specific: several encoder entries per run
-            lengths = [int(run.numel()) for sample_runs in runs for run in sample_runs]
-            first = self.adapter.paint_group_scores(lengths, first)
-            feature = self.adapter.paint_group_scores(lengths, feature)
+        if first is not None and feature is not None:
+            first, feature = self._per_run(runs, call.image_mask, first, feature)
         if first is None or feature is None or len(first) != n_runs or len(feature) != n_runs:
             logger.warning(
                 "PAINT: the prompt holds %d image(s) but the vision hooks scored %s; PAINT is inactive for this call "
@@ -126,6 +129,36 @@ class PAINTMethod(AttentionMethod):
             "rows": Tally(self.num_layers),
         }
         return local, summary
+
+    def _per_run(self, runs: list[list[Tensor]], mask: Tensor, first: list[Any], feature: list[Any]
+                 ) -> tuple[list[Any], list[Any]]:
+        """The vision scores of every image run of every row, in batch order.
+
+        Family-specific: several encoder entries may make one run (`paint_group_scores`). Beam search expands each
+        prompt into k identical consecutive rows after the vision tower scored its images once: then the scores of
+        each group's first row serve all k rows.
+        """
+        def grouped(rows: list[list[Tensor]], scores: list[Any]) -> list[Any]:
+            return self.adapter.paint_group_scores([int(run.numel()) for r in rows for run in r], scores)
+
+        n_runs = sum(len(r) for r in runs)
+        one, two = grouped(runs, first), grouped(runs, feature)
+        if len(one) == n_runs or len(runs) < 2:
+            return one, two
+        for k in range(2, len(runs) + 1):
+            if len(runs) % k or not all(torch.equal(mask[i], mask[i - i % k]) for i in range(len(runs))):
+                continue
+            leaders = runs[::k]
+            one, two = grouped(leaders, first), grouped(leaders, feature)
+            if len(one) != sum(len(r) for r in leaders):
+                continue
+            out_one, out_two, i = [], [], 0
+            for r in leaders:
+                out_one += one[i : i + len(r)] * k
+                out_two += two[i : i + len(r)] * k
+                i += len(r)
+            return out_one, out_two
+        return one, two
 
     def rows(self, view: LayerView) -> Tensor | None:
         if view.layer_idx not in self.layers or not self._active():

@@ -12,9 +12,10 @@ memory is its own), each generating exactly --new-tokens tokens (min_new_tokens)
 Decode time per output token = (whole call - prefill) / (new tokens - 1), where prefill is the time to the first
 stopping-criteria stamp (both loops call the stopping criteria once per step). OPERA's rollbacks (re-decided steps)
 are inside that time, so it is per token of the answer, not per step. Peak memory: torch.cuda.max_memory_allocated
-growth on CUDA; on CPU the growth of peak RSS during the calls. Usage:
+growth on CUDA; on CPU the growth of peak RSS during the calls. `--batch N` runs every variant on N copies of the
+prompt in one generate call (OPERA: one search, each copy its own beams and rollbacks). Usage:
 
-    python scripts/bench_opera.py [--device cuda] [--dtype bfloat16] [--repeats 2] [--new-tokens 24]
+    python scripts/bench_opera.py [--device cuda] [--dtype bfloat16] [--repeats 2] [--new-tokens 24] [--batch 4]
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def generate_kwargs(variant: str) -> dict:
     return {"num_beams": config.num_beams, "custom_generate": opera_decoding, "opera": config}
 
 
-def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens: int) -> dict:
+def run_variant(variant: str, device: str, dtype: str, repeats: int, new_tokens: int, batch: int = 1) -> dict:
     model = build_model().to(device=device, dtype=getattr(torch, dtype))
-    inputs = make_inputs(device)
+    inputs = {k: v.repeat(batch, *([1] * (v.dim() - 1))) for k, v in make_inputs(device).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(getattr(torch, dtype))
     extra = generate_kwargs(variant)
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--batch", type=int, default=1, help="prompts per generate call (default 1)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "beam5" not in variants or "greedy" not in variants:
         raise SystemExit(f"--variants must name greedy and beam5 (the references) among {','.join(VARIANTS)}")
+    if args.batch < 1:
+        raise SystemExit("--batch must be 1 or more")
     if args.new_tokens < 2:
         raise SystemExit("--new-tokens must be 2 or more (one prefill and at least one decode step)")
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -99,15 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for variant in variants:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=((variant, args.device, dtype, args.repeats, args.new_tokens), queue))
+        settings = (variant, args.device, dtype, args.repeats, args.new_tokens, args.batch)
+        proc = ctx.Process(target=_child, args=(settings, queue))
         proc.start()
         results[variant] = queue.get()
         proc.join()
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    sys.stdout.write(f"device: {device}; dtype {dtype}; prompt 601 tokens; {args.new_tokens} new tokens a call; "
-                     f"{args.repeats} calls per variant (+1 warm-up), each variant in its own process; medians\n")
+    sys.stdout.write(f"device: {device}; dtype {dtype}; prompt 601 tokens, batch {args.batch}; "
+                     f"{args.new_tokens} new tokens a call; {args.repeats} calls per variant (+1 warm-up), each variant in its own process; medians\n")
     sys.stdout.write("| variant | decode ms/token | x beam5 | x greedy | peak MiB | mem x beam5 | mem x greedy |\n"
                      "|---|---|---|---|---|---|---|\n")
     med = {v: statistics.median(r["decode_s_per_token"]) for v, r in results.items()}

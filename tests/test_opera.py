@@ -240,7 +240,83 @@ def test_every_family(load, family, monkeypatch):
     assert torch.allclose(out.sequences_scores, one_by_one.sequences_scores, atol=1e-5)
 
 
-def test_eval_batch_equals_single(load, tmp_path):
+def prompts_of(processor: Any, family: str, seeds: tuple[int, ...] = (0, 1)) -> Any:
+    """A left-padded batch of prompts of different lengths, one image each."""
+    size = (112, 112) if family.startswith("qwen") else (80, 60)
+    texts = ["describe the image", "describe the image in great detail please now", "what is it"][: len(seeds)]
+    return [make_image(i, size) for i in seeds], texts
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_batch_equals_single_and_transformers(load, family):
+    """A batch of prompts in one search: weight 0 equals transformers' batched beam search (tokens, scores); with
+    rollbacks forced early each prompt gets what it gets alone (its own beams and rollback history)."""
+    model, processor = load(family)
+    images, texts = prompts_of(processor, family)
+    both = build_inputs(processor, images, texts)
+    kw = dict(num_beams=2, max_new_tokens=6, **SCORED)
+    zero = OPERAConfig(num_beams=2, num_attn_candidates=4, penalty_weight=0.0, rollback=False,
+                       normalise_over="vocabulary")
+    ref = model.generate(**both, **kw)
+    out = model.generate(**both, **kw, custom_generate=opera_decoding, opera=zero)
+    assert torch.equal(out.sequences, ref.sequences)
+    assert torch.allclose(out.sequences_scores, ref.sequences_scores, atol=1e-6)
+    full = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=1, min_rollback_location=1, first_tokens=1)
+    together = model.generate(**both, **kw, custom_generate=opera_decoding, opera=full)
+    width = both["input_ids"].shape[1]
+    got = processor.batch_decode(together.sequences[:, width:], skip_special_tokens=True)
+    for i, (image, text) in enumerate(zip(images, texts)):
+        one = build_inputs(processor, [image], [text])
+        alone = model.generate(**one, **kw, custom_generate=opera_decoding, opera=full)
+        assert got[i] == processor.batch_decode(alone.sequences[:, one["input_ids"].shape[1]:],
+                                                skip_special_tokens=True)[0]
+        assert torch.allclose(together.sequences_scores[i], alone.sequences_scores[0], atol=1e-4)
+
+
+def test_a_rollback_in_one_prompt_leaves_the_others_alone(load, monkeypatch, caplog):
+    """Three prompts; rollbacks happen (in some prompts, at different steps), the re-run prefills keep every
+    prompt's own logits equal to recomputation without cache."""
+    model, processor = load("llava")
+    images, texts = prompts_of(processor, "llava", (0, 1, 2))
+    caplog.set_level(logging.DEBUG, logger="vlm_attn.passes.opera_search")
+    inputs = build_inputs(processor, images, texts)
+    checked, real = [], opera_search._reprefill
+
+    def spy(model_, capture, samples, *rest):
+        out = real(model_, capture, samples, *rest)
+        for s in samples:
+            if s.done:
+                continue
+            one = build_inputs(processor, [images[samples.index(s)]], [texts[samples.index(s)]])
+            pad = inputs["input_ids"].shape[1] - one["input_ids"].shape[1]  # the batch's left padding of this prompt
+            again = _recompute(model_, one, s.state["running"][0, :, pad : s.cur_len])
+            checked.append(torch.allclose(s.logits, again, atol=1e-4))
+        return out
+
+    monkeypatch.setattr(opera_search, "_reprefill", spy)
+    cfg = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=1, min_rollback_location=1, first_tokens=1)
+    model.generate(**inputs, num_beams=2, max_new_tokens=10, custom_generate=opera_decoding, opera=cfg)
+    assert sum("rollback to response index" in r.message for r in caplog.records) >= 2
+    assert checked and all(checked)
+
+
+def test_paint_with_opera_stays_active_through_beams_and_rollbacks(load, caplog):
+    """PAINT's vision scores are taken once per image, before generate expands the prompt into beams: every beam
+    row gets its image's selection, and a re-run prefill (after a rollback) reuses it."""
+    model, processor = load("llava")
+    image = make_image(0)
+    cfg = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=1, min_rollback_location=1, first_tokens=1)
+    caplog.set_level(logging.DEBUG)
+    paint = vlm_attn.PAINTConfig(guidance=False)
+    result = vlm_attn.generate(model, processor, image, "describe the image", methods=[cfg, paint], max_new_tokens=10)
+    assert any("rollback to response index" in r.message for r in caplog.records)
+    assert not any("PAINT is inactive" in r.message for r in caplog.records)
+    assert result.report["paint"]["active"] and result.report["paint"]["images"] == 2  # one image, two beam rows
+    plain = vlm_attn.generate(model, processor, image, "describe the image", methods=[cfg], max_new_tokens=10)
+    assert plain.text != result.text
+
+
+def test_eval_batch_equals_single(load, tmp_path, monkeypatch):
     """A batch of prompts (eval runner, batch_size 2): each prompt its own beams and rollback history, so every
     answer equals the one-prompt `vlm_attn.generate` answer."""
     from vlm_attn.eval.runner import Sample, run_samples
@@ -254,6 +330,12 @@ def test_eval_batch_equals_single(load, tmp_path):
     single = [vlm_attn.generate(model, processor, im, PROMPT, methods=[cfg], max_new_tokens=6).text for im in images]
     assert [r["output"] for r in records] == single
     assert len(set(single)) > 1  # the prompts really differ
+    searches = []
+    real = opera_search._search
+    monkeypatch.setattr(opera_search, "_search", lambda m, ids, *a: searches.append(ids.shape[0]) or real(m, ids, *a))
+    run_samples(model, processor, samples, tmp_path / "again", settings={"task": "test"}, configs=[cfg],
+                batch_size=2, max_new_tokens=6, progress=False)
+    assert searches == [4, 2]  # two prompts x two beams in one search, then the last prompt
 
 
 # ------------------------------------------------------------------------------------------- attention rows

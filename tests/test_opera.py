@@ -113,12 +113,15 @@ def test_penalty_changes_the_search(load):
     assert not torch.equal(plain.sequences, strong.sequences)
 
 
-def test_rollback_refeeds_the_named_prefix_and_matches_recomputation(load, monkeypatch):
+@pytest.mark.parametrize("path", ["_refeed", "_reprefill"])  # prompt cache + response / the whole prefill again
+def test_rollback_refeeds_the_named_prefix_and_matches_recomputation(load, monkeypatch, path):
     model, processor = load("llava")
     inputs = batch(processor)
     prompt_len = inputs["input_ids"].shape[1]
     fired, refed = [], []
-    real_target, real_reprefill = opera_search.rollback_target, opera_search._reprefill
+    real_target, real_reprefill = opera_search.rollback_target, getattr(opera_search, path)
+    if path == "_reprefill":
+        monkeypatch.setattr(opera_search, "_can_refeed", lambda *a: False)
 
     def target_once(history, counts, config):  # name position 3 once, at the 7th response token
         if history.shape[1] == 7 and not fired:
@@ -134,7 +137,7 @@ def test_rollback_refeeds_the_named_prefix_and_matches_recomputation(load, monke
         return out
 
     monkeypatch.setattr(opera_search, "rollback_target", target_once)
-    monkeypatch.setattr(opera_search, "_reprefill", spy)
+    monkeypatch.setattr(opera_search, path, spy)
     out = model.generate(**inputs, num_beams=2, max_new_tokens=12, custom_generate=opera_decoding,
                          opera=OPERAConfig(num_beams=2, num_attn_candidates=3), **SCORED)
     assert refed == [(prompt_len + 3, True)]  # re-decides response index 3, on a cache equal to recomputation
@@ -206,7 +209,8 @@ def test_vlm_attn_generate_with_opera_and_var(load, monkeypatch):
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_every_family(load, family, monkeypatch):
     """Weight 0 equals transformers' beam search; the full method (rollback forced early) runs and stops, and
-    gives what it gives with one look-ahead forward per candidate."""
+    gives what it gives with one look-ahead forward per candidate and a main forward per step (no kept
+    candidates)."""
     model, processor = load(family)
     inputs = batch(processor, family)
     kw = dict(num_beams=2, max_new_tokens=5, **SCORED)
@@ -216,15 +220,16 @@ def test_every_family(load, family, monkeypatch):
     out = model.generate(**inputs, **kw, custom_generate=opera_decoding, opera=zero)
     assert torch.equal(out.sequences, ref.sequences)
     full = OPERAConfig(num_beams=2, num_attn_candidates=3, threshold=0, min_rollback_location=1, first_tokens=1)
-    together, real, real_rows, same = [], opera_search._one_forward_inputs, opera_search._candidate_rows, []
+    together, real, real_rows, same, kept = [], opera_search._one_forward_inputs, opera_search._candidate_rows, [], []
 
     def candidate_rows(*args):  # the rows of one forward for all candidates == those of one forward each
-        cand_logits, cand_tokens, rows, keys = real_rows(*args)
-        with monkeypatch.context() as m:
+        with monkeypatch.context() as m:  # first: this one crops its candidates from the cache again
             m.setattr(opera_search, "_one_forward_inputs", lambda *a: None)
-            alone, alone_keys = real_rows(*args)[2:]
-        same.append(torch.allclose(rows, alone, atol=1e-6) and torch.equal(keys, alone_keys))
-        return cand_logits, cand_tokens, rows, keys
+            alone, alone_keys = real_rows(*args[:-1], False)[2:4]
+        looked = real_rows(*args)
+        same.append(torch.allclose(looked[2], alone, atol=1e-6) and torch.equal(looked[3], alone_keys))
+        kept.append(looked[4] is not None)
+        return looked
 
     monkeypatch.setattr(opera_search, "_one_forward_inputs", lambda *a: together.append(real(*a)) or together[-1])
     monkeypatch.setattr(opera_search, "_candidate_rows", candidate_rows)
@@ -233,6 +238,7 @@ def test_every_family(load, family, monkeypatch):
     # all candidates in one forward wherever every layer has full attention (gemma3's sliding layers: one each)
     assert all((t is None) == (family == "gemma3") for t in together) and together
     assert all(same) and len(same) >= 4
+    assert any(kept) == (family != "gemma3")  # the look-ahead's chosen candidates kept as the next step
     monkeypatch.setattr(opera_search, "_candidate_rows", real_rows)
     monkeypatch.setattr(opera_search, "_one_forward_inputs", lambda *a: None)
     one_by_one = model.generate(**inputs, **kw, custom_generate=opera_decoding, opera=full)
@@ -415,6 +421,8 @@ class PlantedColumn:
         monkeypatch.setattr(opera_search.LastLayerRow, "take", take)
         monkeypatch.setattr(opera_search, "_rows_of", rows_of)
         monkeypatch.setattr(opera_search, "_opera_step", step)
+        # the plant models the rows of a main forward per step: no look-ahead candidates kept as the next step
+        monkeypatch.setattr(opera_search, "_keepable", lambda cache: False)
 
 
 def test_planted_column_triggers_the_penalty_on_the_candidate_continuing_it(load, monkeypatch):
@@ -522,11 +530,42 @@ def test_kv_cache_equals_recomputation_at_every_step(load, family, monkeypatch):
 
     monkeypatch.setattr(opera_search, "_main_forward", check("step", real_main))
     monkeypatch.setattr(opera_search, "_reprefill", check("rollback", real_reprefill))
+    monkeypatch.setattr(opera_search, "_refeed", check("rollback", opera_search._refeed))
     cfg = OPERAConfig(num_beams=2, num_attn_candidates=2, threshold=1, min_rollback_location=2, first_tokens=0)
     model.generate(**inputs, num_beams=2, max_new_tokens=10, min_new_tokens=10, custom_generate=opera_decoding,
                    opera=cfg)
     assert [kind for kind, _ in checked].count("rollback") == 4
     assert all(ok for _, ok in checked), checked
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3"])  # idefics3: text between image tiles
+def test_kept_candidates_equal_recomputation_at_every_step(load, family, monkeypatch):
+    """Where the look-ahead's chosen candidates are kept in the cache as the next step (no main forward), each
+    step's logits equal those of the same prefix recomputed without cache, rollbacks included, and the whole search
+    equals the one with a main forward per step."""
+    model, processor = load(family)
+    inputs = batch(processor, family)
+    checked, real_main, real_keep = [], opera_search._main_forward, opera_search._keep_chosen
+    kept = []
+    monkeypatch.setattr(opera_search, "_keep_chosen", lambda *a: kept.append(1) or real_keep(*a))
+
+    def spy(model_, capture, samples, *rest):
+        out = real_main(model_, capture, samples, *rest)
+        for s in samples:
+            if not s.done:
+                again = _recompute(model_, inputs, s.state["running"][0, :, : s.cur_len])
+                checked.append(torch.allclose(s.logits, again, atol=1e-4))
+        return out
+
+    monkeypatch.setattr(opera_search, "_main_forward", spy)
+    cfg = OPERAConfig(num_beams=2, num_attn_candidates=3, threshold=0, min_rollback_location=1, first_tokens=1)
+    kw = dict(num_beams=2, max_new_tokens=8, min_new_tokens=8, custom_generate=opera_decoding, opera=cfg, **SCORED)
+    out = model.generate(**inputs, **kw)
+    assert len(kept) >= 3 and len(checked) >= 3 and all(checked), checked
+    monkeypatch.setattr(opera_search, "_keepable", lambda cache: False)
+    again = model.generate(**inputs, **kw)
+    assert torch.equal(out.sequences, again.sequences)
+    assert torch.allclose(out.sequences_scores, again.sequences_scores, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- CLI, eval

@@ -3,6 +3,6 @@
 Public for passes (code that runs its own forwards): `engine_of`, `unsteered`, `capturing`.
 """
 
-from .api import capturing, engine_of, lookahead, replaying, unsteered
+from .api import capturing, engine_of, keep_text_tokens, lookahead, replaying, truncate_call, unsteered
 
-__all__ = ["capturing", "engine_of", "lookahead", "replaying", "unsteered"]
+__all__ = ["capturing", "engine_of", "keep_text_tokens", "lookahead", "replaying", "truncate_call", "unsteered"]

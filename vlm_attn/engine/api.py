@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Iterator
 
+import torch
+
 from .engine import MODEL_ATTR, Engine
 
 if TYPE_CHECKING:
@@ -86,6 +88,32 @@ def lookahead(model: "nn.Module") -> Iterator[None]:
             call._cache.clear()
             call._cache.update(saved[2])
             engine.call = call
+
+
+def keep_text_tokens(model: "nn.Module", tokens: int = 1) -> None:
+    """Record that `tokens` text tokens per row, fed by a `lookahead` forward, stay in the KV cache after all.
+
+    OPERA keeps the chosen candidate's keys and values from its look-ahead instead of feeding that token again;
+    the engine's per-call positions must grow by what the cache kept. Without an engine or a call this does nothing.
+    """
+    engine = engine_of(model)
+    call = engine.call if engine is not None else None
+    if call is not None:
+        mask = call.image_mask
+        call.extend(torch.zeros(mask.shape[0], tokens, dtype=torch.bool, device=mask.device))
+
+
+def truncate_call(model: "nn.Module", length: int) -> None:
+    """Forget the tokens past the first `length` of the current call: the KV cache was cut back to them.
+
+    OPERA rebuilds its cache after a rollback from a copy of the prompt's cache and feeds the kept response again;
+    the engine's per-call positions must start from the prompt too. Without an engine or a call this does nothing.
+    """
+    engine = engine_of(model)
+    call = engine.call if engine is not None else None
+    if call is not None:
+        call.image_mask = call.image_mask[:, :length]
+        call._cache.clear()
 
 
 @contextlib.contextmanager

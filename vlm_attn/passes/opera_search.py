@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import capturing, engine_of, lookahead, replaying
+from ..engine import capturing, engine_of, keep_text_tokens, lookahead, replaying, truncate_call
 from ..engine.method import AttentionMethod, LayerView, RowSet
 from ..errors import UserError
 from ..methods.opera import OPERAConfig, beam_location, candidate_penalty, normalise_rows, rollback_target
@@ -50,8 +50,8 @@ class _RowTaken(Exception):
 class LastLayerRow(AttentionMethod):
     """Observe-only: the last layer's attention rows of the fed tokens, max over heads.
 
-    Decode steps: the one fed token's row. Look-ahead forwards (`stop`): every fed candidate's row, then the
-    forward is ended. A re-run prefill (`prefill_row`): the last position's row.
+    Decode steps: the one fed token's row. Look-ahead forwards: every fed candidate's row, then the forward is
+    ended (`stop`) or run on to its logits (`every_row`). A re-run prefill (`prefill_row`): the last position's row.
     """
 
     name = "opera_rows"
@@ -60,6 +60,7 @@ class LastLayerRow(AttentionMethod):
         self.layer = -1
         self.latest: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows (B, Q, K), image keys (B, K))
         self.stop = False  # look-ahead forwards: rows of every fed token, then raise _RowTaken
+        self.every_row = False  # a look-ahead run on to its logits: rows of every fed token, no stop
         self.prefill_row = False  # a re-run prefill: the last query row
 
     def bind(self, model: nn.Module, adapter: Any, num_layers: int) -> None:
@@ -74,7 +75,7 @@ class LastLayerRow(AttentionMethod):
             last = torch.zeros_like(view.query_image)
             last[:, -1] = True
             return last
-        if view.query_image.shape[1] != 1 and not self.stop:
+        if view.query_image.shape[1] != 1 and not (self.stop or self.every_row):
             return None
         return torch.ones_like(view.query_image)
 
@@ -277,12 +278,14 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
     _record_past(model_kwargs["cache"])
     _read_step(samples, out.logits, None, blocked)
     del out
+    prompt = _prompt_cache(model, model_kwargs["cache"], beams)
     batch = _Batch(input_ids, torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device))
     while True:
         active = [s for s in samples if not s.done]
         looked = None
-        if any(not s.redoing() for s in active):
-            looked = _candidate_rows(model, config, capture, samples, batch.ids, model_kwargs)
+        if any(not s.redoing() for s in active):  # a prompt re-deciding a step may choose any token: no keeping
+            keep = not any(s.redoing() for s in active)
+            looked = _candidate_rows(model, config, capture, samples, batch.ids, model_kwargs, keep)
         rolled = False
         for s in samples:
             s.beam_idx = None  # set again by the prompts that take a step now
@@ -291,7 +294,7 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
             if s.redoing():
                 log_probs = s.redo_log_probs()
             else:
-                log_probs, target = _opera_step(config, s, *looked)
+                log_probs, target = _opera_step(config, s, *looked[:4])
                 if target is not None and target < s.r and target in s.snapshots:
                     s.roll_back(target)
                     rolled = True
@@ -299,11 +302,14 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
             s.advance(model, log_probs, logits_processor, stopping_criteria, generation_config)
         if all(s.done for s in samples):
             break
-        if rolled:
+        if rolled and _can_refeed(samples, prompt, input_ids.shape[1]):
+            batch, model_kwargs = _refeed(model, capture, samples, batch, model_kwargs, prompt, blocked)
+        elif rolled:
             batch, model_kwargs = _reprefill(model, capture, samples, batch, generation_config, model_kwargs, fresh,
                                              fill, blocked)
         else:
-            batch, model_kwargs = _main_forward(model, capture, samples, batch, model_kwargs, fill, blocked)
+            batch, model_kwargs = _main_forward(model, capture, samples, batch, model_kwargs, fill, blocked,
+                                                looked)
     return _outputs(generation_config, samples, input_ids.shape[1], model_kwargs)
 
 
@@ -316,8 +322,13 @@ def _record_past(cache: Any) -> None:
         cache.activate_past_recording()
 
 
-def _main_forward(model, capture, samples, batch, model_kwargs, fill, blocked):
-    """Reorder the cache to the chosen beams, feed each beam's newest token, read logits and attention rows."""
+def _main_forward(model, capture, samples, batch, model_kwargs, fill, blocked, looked=None):
+    """Reorder the cache to the chosen beams, feed each beam's newest token, read logits and attention rows.
+
+    When the look-ahead ran on to its logits and every beam chose one of its parent's candidates (always, unless a
+    beam was refilled from below the candidates), that look-ahead already holds this forward's result: the chosen
+    candidates' keys and values are kept in the cache and their logits and rows read, with no forward at all.
+    """
     device = batch.ids.device
     order, new = [], []
     for s in samples:
@@ -326,9 +337,17 @@ def _main_forward(model, capture, samples, batch, model_kwargs, fill, blocked):
                                                                            device=device)))
         new.append(s.state["running"][0, :, s.cur_len - 1] if moved and not s.done
                    else torch.full((s.rows.stop - s.rows.start,), fill, device=device))
-    order = torch.cat(order)
+    order, new = torch.cat(order), torch.cat(new)
+    ids = torch.cat([batch.ids[order], new[:, None]], dim=1)
+    if looked is not None and looked[4] is not None:  # the look-ahead's candidates are still in the cache
+        chosen = _chosen_candidates(samples, order, new, looked[1])
+        if chosen is not None:
+            model_kwargs = _keep_chosen(model, model_kwargs, order, chosen, looked[1].shape[1])
+            logits, rows = looked[4][order, chosen], looked[2][order, chosen]  # (rows, V), (rows, L + 1)
+            _read_step(samples, logits[:, None], rows[:, None], blocked)
+            return _Batch(ids, batch.start), model_kwargs
+        model_kwargs["cache"].crop(-looked[1].shape[1])
     model_kwargs["cache"].reorder_cache(order)
-    ids = torch.cat([batch.ids[order], torch.cat(new)[:, None]], dim=1)
     inputs = model.prepare_inputs_for_generation(ids, next_sequence_length=1, **model_kwargs)
     out = model(**inputs, return_dict=True)
     model_kwargs = model._update_model_kwargs_for_generation(out, model_kwargs)
@@ -336,6 +355,34 @@ def _main_forward(model, capture, samples, batch, model_kwargs, fill, blocked):
     row, _ = capture.take()
     _read_step(samples, out.logits, row, blocked)
     return _Batch(ids, batch.start), model_kwargs
+
+
+def _chosen_candidates(samples, order, new, cand_tokens):
+    """Per new beam, which of its parent's candidates it continues with (N,) , or None if some beam of a prompt
+    still searching took a token outside them. Rows of finished prompts take candidate 0 (never read)."""
+    searching = torch.zeros_like(new, dtype=torch.bool)
+    for s in samples:
+        if s.beam_idx is not None and not s.done:
+            searching[s.rows] = True
+    match = cand_tokens[order] == new[:, None]  # (rows, N): candidates are distinct, so at most one True
+    if not bool((match.any(dim=1) | ~searching).all()):
+        return None
+    return match.long().argmax(dim=1)
+
+
+def _keep_chosen(model, model_kwargs, order, chosen, n):
+    """Cache rows reordered to the chosen beams, each keeping its chosen candidate's column of the n fed."""
+    rows = torch.arange(order.shape[0], device=order.device)
+    for layer in model_kwargs["cache"].layers:
+        if not layer.is_initialized:  # layers that share another layer's cache
+            continue
+        for name in ("keys", "values"):
+            states = getattr(layer, name).index_select(0, order)  # (rows, heads, L + n, dim): one copy
+            length = states.shape[2] - n
+            states[:, :, length] = states[rows, :, length + chosen]  # the chosen column first among the n
+            setattr(layer, name, states[:, :, : length + 1])  # a view: the next step's update copies it anyway
+    keep_text_tokens(model, 1)
+    return model._update_model_kwargs_for_generation({}, model_kwargs)
 
 
 def _read_step(samples, logits, row, blocked):
@@ -368,16 +415,7 @@ def _reprefill(model, capture, samples, batch, generation_config, model_kwargs, 
     for s in samples:
         ids[s.rows, width - s.cur_len:] = s.state["running"][0, :, : s.cur_len]
     kwargs, cache = fresh
-    kwargs = dict(kwargs, cache=copy.deepcopy(cache))
-    columns = torch.arange(width, device=device)[None, :]
-    source = (batch.start[:, None] + columns - start[:, None]).clamp_min(0)  # (rows, width): the old column
-    real = columns >= start[:, None]
-    for key, pad in PER_TOKEN_KEYS.items():
-        value = model_kwargs.get(key)
-        if torch.is_tensor(value):
-            at = source.expand(*value.shape[:-2], -1, -1)
-            kwargs[key] = torch.where(real, value.gather(-1, at), torch.full((), pad, dtype=value.dtype,
-                                                                             device=device))
+    kwargs = dict(kwargs, cache=copy.deepcopy(cache), **_relaid(model_kwargs, batch.start, start, width))
     capture.prefill_row = True
     try:
         with replaying(model):
@@ -389,6 +427,62 @@ def _reprefill(model, capture, samples, batch, generation_config, model_kwargs, 
     row, _ = capture.take()
     _read_step(samples, out.logits, row, blocked)
     return _Batch(ids, start), kwargs
+
+
+def _prompt_cache(model, cache, beams):
+    """One row per prompt of the cache after the prefill (every beam of a prompt holds the same), kept for
+    `_refeed`; None where a refeed would not be exact (attention methods applied, non-plain cache layers)."""
+    if [type(m) for m in engine_of(model).methods] != [LastLayerRow] or not _keepable(cache):
+        return None
+    kept = copy.deepcopy(cache)
+    kept.batch_select_indices(torch.arange(0, kept.layers[0].keys.shape[0], beams, device=kept.layers[0].keys.device))
+    return kept
+
+
+def _can_refeed(samples, prompt, prompt_len):
+    """A refeed needs the prompt's cache, every row at the same length (the first prefill's layout) and at least
+    one response token to feed."""
+    lengths = {s.cur_len for s in samples}
+    return prompt is not None and len(lengths) == 1 and lengths.pop() > prompt_len
+
+
+def _refeed(model, capture, samples, batch, model_kwargs, prompt, blocked):
+    """After a rollback, when every row has the same length: the prompt's cache copied per beam plus one forward
+    over the responses (the prompt is not run again). Positions, masks and token types are the first prefill's
+    columns, so each row sees what its own run sees."""
+    length, prompt_len = samples[0].cur_len, prompt.layers[0].keys.shape[2]
+    model_kwargs = model._update_model_kwargs_for_generation({}, model_kwargs)  # a column for each row's new token
+    start = torch.zeros_like(batch.start)  # every row the same length: the first prefill's layout
+    kwargs = dict(model_kwargs, cache=copy.deepcopy(prompt), **_relaid(model_kwargs, batch.start, start, length))
+    kwargs["cache"].batch_repeat_interleave(samples[0].rows.stop - samples[0].rows.start)
+    ids = torch.cat([s.state["running"][0, :, :length] for s in samples])
+    truncate_call(model, prompt_len)
+    inputs = model.prepare_inputs_for_generation(ids, next_sequence_length=length - prompt_len, **kwargs)
+    capture.every_row = True
+    try:
+        out = model(**inputs, return_dict=True)
+    finally:
+        capture.every_row = False
+    kwargs = model._update_model_kwargs_for_generation(out, kwargs)
+    row, _ = capture.take()
+    _read_step(samples, out.logits, row, blocked)
+    return _Batch(ids, start), kwargs
+
+
+def _relaid(model_kwargs, old_start, start, width):
+    """The per-token kwargs (mask, positions, token types) moved from rows starting at `old_start` to rows of
+    `width` columns starting at `start`: each token keeps its values, new padding columns take the padding value."""
+    device = old_start.device
+    columns = torch.arange(width, device=device)[None, :]
+    source = (old_start[:, None] + columns - start[:, None]).clamp_min(0)  # (rows, width): the old column
+    real = columns >= start[:, None]
+    out = {}
+    for key, pad in PER_TOKEN_KEYS.items():
+        value = model_kwargs.get(key)
+        if torch.is_tensor(value):
+            at = source.expand(*value.shape[:-2], -1, -1)
+            out[key] = torch.where(real, value.gather(-1, at), torch.full((), pad, dtype=value.dtype, device=device))
+    return out
 
 
 def _opera_step(config, s, cand_logits, cand_tokens, rows, image_keys):
@@ -411,16 +505,18 @@ def _opera_step(config, s, cand_logits, cand_tokens, rows, image_keys):
     return log_probs, rollback_target(s.state["locs"], s.counts, config)
 
 
-def _candidate_rows(model, config, capture, samples, flat, model_kwargs):
+def _candidate_rows(model, config, capture, samples, flat, model_kwargs, keep=False):
     """Every beam's top candidates and their last-layer rows (max over heads) over the prefix and themselves:
-    (candidate logits (rows, N), tokens (rows, N), rows (rows, N, L + 1), image keys (rows, L + 1)).
+    (candidate logits (rows, N), tokens (rows, N), rows (rows, N, L + 1), image keys (rows, L + 1), next-token
+    logits (rows, N, V) or None).
 
     All N candidates go in one forward when the family allows it (see `_one_forward_inputs`) and no attention
     method is applied: they sit at the same position, and a 4-D mask lets each see the prefix and itself only, so
     each row is the one a forward of that candidate alone gives. With an attention method applied the rows of such
     a many-row forward are not those of N one-token forwards (measured with VAR: up to 0.18 apart), so then, as
-    with sliding-window layers, one forward per candidate. Every forward stops after the last layer's attention,
-    and the candidates are cropped from the KV cache again.
+    with sliding-window layers, one forward per candidate, which stops after the last layer's attention and is
+    cropped from the KV cache again. A single forward with `keep` (no prompt re-deciding a step) runs on to the
+    logits and leaves its candidates in the cache: the chosen ones are the next step (`_main_forward`).
     """
     cand_logits, cand_tokens = torch.cat([s.logits for s in samples]).topk(config.num_attn_candidates, dim=-1)
     cache, n, length = model_kwargs["cache"], cand_tokens.shape[1], flat.shape[1]
@@ -429,18 +525,45 @@ def _candidate_rows(model, config, capture, samples, flat, model_kwargs):
                                                     next_sequence_length=1, **model_kwargs)
         alone = [type(m) for m in engine_of(model).methods] == [LastLayerRow]  # attention methods: see below
         together = _one_forward_inputs(model, first, cand_tokens, length) if n > 1 and alone else None
+    if keep and alone and (together is not None or n == 1) and _keepable(cache):
+        inputs = together if together is not None else first
+        if "logits_to_keep" in inputs:
+            inputs = dict(inputs, logits_to_keep=n)
+        rows, image_keys, logits = _full_rows_of(model, capture, inputs)
+        return cand_logits, cand_tokens, _own_rows(rows, n, length), image_keys[:, : length + 1], logits
     if together is not None:
         rows, image_keys = _rows_of(model, capture, cache, together, n)  # (rows, N, L + N)
-        own = rows[:, torch.arange(n), length + torch.arange(n)]  # each candidate's attention to itself
-        rows = torch.cat([rows[:, :, :length], own[:, :, None]], dim=-1)
-        return cand_logits, cand_tokens, rows, image_keys[:, : length + 1]
+        return cand_logits, cand_tokens, _own_rows(rows, n, length), image_keys[:, : length + 1], None
     out = []
     for i in range(n):
         inputs = first if i == 0 else model.prepare_inputs_for_generation(
             torch.cat([flat, cand_tokens[:, i : i + 1]], dim=1), next_sequence_length=1, **model_kwargs)
         row, image_keys = _rows_of(model, capture, cache, inputs, 1)
         out.append(row[:, 0])
-    return cand_logits, cand_tokens, torch.stack(out, dim=1), image_keys
+    return cand_logits, cand_tokens, torch.stack(out, dim=1), image_keys, None
+
+
+def _own_rows(rows, n, length):
+    """(rows, N, L + N) rows of N candidates fed together -> (rows, N, L + 1): the prefix and each one itself."""
+    own = rows[:, torch.arange(n), length + torch.arange(n)]  # each candidate's attention to itself
+    return torch.cat([rows[:, :, :length], own[:, :, None]], dim=-1)
+
+
+def _keepable(cache):
+    """Only plain dynamic layers let a candidate's column be kept (sliding and quantised layers do not)."""
+    return all(type(layer).__name__ == "DynamicLayer" for layer in getattr(cache, "layers", [None]))
+
+
+def _full_rows_of(model, capture, inputs):
+    """Run a look-ahead forward to its logits; its fed tokens stay in the cache: (rows, image keys, logits)."""
+    with lookahead(model):
+        capture.every_row = True
+        try:
+            out = model(**inputs, return_dict=True)
+        finally:
+            capture.every_row = False
+    rows, image_keys = capture.take()
+    return rows, image_keys, out.logits.float()
 
 
 def _rows_of(model, capture, cache, inputs, fed):

@@ -15,6 +15,7 @@ if [ "${1:-}" = "--quick" ]; then QUICK=1; shift; fi
 OUT=${1:-toy_runs}
 if [ "$QUICK" = 1 ] && [ -z "${1:-}" ]; then OUT=toy_runs-quick; fi
 DATA="${TOY_DATA:-$OUT/toy_coco}"
+mkdir -p "$OUT"
 TAU="${TOY_SINK_THRESHOLD:-4}"
 START=$SECONDS
 [ -d "$DATA/val2014" ] || python scripts/make_toy_coco.py --out "$DATA" --train 6000 --val 300 --seed 0

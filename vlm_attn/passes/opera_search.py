@@ -432,7 +432,7 @@ def _reprefill(model, capture, samples, batch, generation_config, model_kwargs, 
 def _prompt_cache(model, cache, beams):
     """One row per prompt of the cache after the prefill (every beam of a prompt holds the same), kept for
     `_refeed`; None where a refeed would not be exact (attention methods applied, non-plain cache layers)."""
-    if [type(m) for m in engine_of(model).methods] != [LastLayerRow] or not _keepable(cache):
+    if not _rows_only(model) or not _keepable(cache):
         return None
     kept = copy.deepcopy(cache)
     kept.batch_select_indices(torch.arange(0, kept.layers[0].keys.shape[0], beams, device=kept.layers[0].keys.device))
@@ -523,7 +523,7 @@ def _candidate_rows(model, config, capture, samples, flat, model_kwargs, keep=Fa
     with lookahead(model):
         first = model.prepare_inputs_for_generation(torch.cat([flat, cand_tokens[:, :1]], dim=1),
                                                     next_sequence_length=1, **model_kwargs)
-        alone = [type(m) for m in engine_of(model).methods] == [LastLayerRow]  # attention methods: see below
+        alone = _rows_only(model)  # attention methods: see below
         together = _one_forward_inputs(model, first, cand_tokens, length) if n > 1 and alone else None
     if keep and alone and (together is not None or n == 1) and _keepable(cache):
         inputs = together if together is not None else first
@@ -547,6 +547,11 @@ def _own_rows(rows, n, length):
     """(rows, N, L + N) rows of N candidates fed together -> (rows, N, L + 1): the prefix and each one itself."""
     own = rows[:, torch.arange(n), length + torch.arange(n)]  # each candidate's attention to itself
     return torch.cat([rows[:, :, :length], own[:, :, None]], dim=-1)
+
+
+def _rows_only(model):
+    """No attention method is applied: the engine runs OPERA's row capture alone."""
+    return [type(m) for m in engine_of(model).methods] == [LastLayerRow]
 
 
 def _keepable(cache):

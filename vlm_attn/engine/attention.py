@@ -56,6 +56,7 @@ def steered_attention(
     rows, per_method = row_sets(view, asked)
     scores = row_scores(query, key, rows, scaling if scaling is not None else module.scaling, kwargs.get("softcap"))
     mask = row_mask(attention_mask, rows, view)
+    view.masked = mask is not None
     if mask is not None:
         scores = scores + mask
     probs, changed = run_edits(view, per_method, scores)
@@ -165,16 +166,20 @@ def run_edits(
     for method, rs in per_method:
         res = method.edit_logits(view, rs, scores)
         if res is not None:
-            scores, changed = res[0], _union(changed, res[1] & rs.own[:, None, :])
+            scores, changed = res[0], _union(changed, res[1], rs)
     probs = torch.softmax(scores, dim=-1)
     for method, rs in per_method:
         res = method.edit_probs(view, rs, probs)
         if res is not None:
-            probs, changed = res[0], _union(changed, res[1] & rs.own[:, None, :])
+            probs, changed = res[0], _union(changed, res[1], rs)
     return probs, changed
 
 
-def _union(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+def _union(a: torch.Tensor | None, b: torch.Tensor, rs: RowSet) -> torch.Tensor:
+    """Add a method's changed cells, limited to its own rows (a lone method's own rows are the valid ones, which
+    `write_back` limits to anyway)."""
+    if rs.own is not rs.valid:
+        b = b & rs.own[:, None, :]
     return b if a is None else a | b
 
 
@@ -185,9 +190,10 @@ def write_back(
     changed; with no base output (decode fast path) the recomputed row is the output."""
     if out is None:
         return new, None
-    keep = changed.transpose(1, 2)[..., None]  # (B, R, H, 1)
-    if out.shape[1] == 1:
+    if out.shape[1] == 1:  # decode: the one row, kept where a method changed it in a sample that asked
+        keep = (changed & rows.valid[:, None, :]).transpose(1, 2)[..., None]  # (B, 1, H, 1)
         return torch.where(keep, new, out), weights
+    keep = changed.transpose(1, 2)[..., None]  # (B, R, H, 1)
     if not bool(changed.any()):
         return out, weights
     batch, _, heads, dim = out.shape

@@ -108,6 +108,7 @@ class LayerView:
     call: CallState
     parts: dict[Any, Any]  # CallState.view_parts(q_len, kv_len), plus what `shared` adds during the forward
     value: torch.Tensor | None = None  # (B, Hkv, K, D) value states of this layer's call (ONLY reads them)
+    masked: bool = True  # whether the scores handed to the edits carry an additive mask (False: every key is seen)
 
     prefill = property(lambda self: self.call.prefill)
     query_pos = property(lambda self: self.parts["query_pos"])  # (Q,) absolute positions of the query rows

@@ -176,12 +176,14 @@ def amplify_logits(z: Tensor, columns: Tensor, alpha: float | Tensor) -> Tensor:
     return amplify_with_gain(z, (_columns_4d(columns, z) * _coef_4d(alpha, z, "alpha")).to(z.dtype))
 
 
-def amplify_with_gain(z: Tensor, gain: Tensor) -> Tensor:
+def amplify_with_gain(z: Tensor, gain: Tensor, masked: bool = True) -> Tensor:
     """``z + gain * |z|`` on every unmasked key; gain (z's dtype) broadcasts to z, 0 where nothing is amplified.
 
-    The hot path of PAI and PAINT: the gain row is built once per forward and shared by the layers.
+    The hot path of PAI and PAINT: the gain row is built once per forward and shared by the layers. `masked=False`
+    says that no mask was added to z (a decode row that sees every key), so no key needs protecting.
     """
-    return torch.where(_unmasked(z), torch.addcmul(z, gain, z.abs()), z)
+    amplified = torch.addcmul(z, gain, z.abs())
+    return torch.where(_unmasked(z), amplified, z) if masked else amplified
 
 
 def guided_logits(logits_img: Tensor, logits_noimg: Tensor, gamma: float, cutoff: float) -> Tensor:
@@ -250,7 +252,7 @@ class PAIMethod(AttentionMethod):
     def edit_logits(self, view: LayerView, rows: RowSet, scores: Tensor) -> tuple[Tensor, Tensor]:
         # alpha on image keys, 0 elsewhere: once per forward
         gain = view.shared((self, "gain"), lambda: _columns_4d(view.image_keys, scores) * self.config.alpha)
-        out = amplify_with_gain(scores, gain)
+        out = amplify_with_gain(scores, gain, view.masked)
         changed = rows.own[:, None, :].expand(scores.shape[0], scores.shape[1], rows.own.shape[1])
         tally = view.call.report.get(self)
         if tally is None:

@@ -170,6 +170,39 @@ def var_step(
     return _redistribute(probs, sets, sums, selected), selected
 
 
+class KeySets:
+    """A layer's key sets over absolute positions, (B, T, 3) as `key_sets` builds them, grown in place.
+
+    A decode step adds one row per sample; writing it into spare room costs one op where a `torch.cat` (plus the
+    padding of the new row) cost several on the per-step hot path. The room doubles when it runs out.
+    """
+
+    def __init__(self, sets: torch.Tensor, spare: int = 64):
+        self._buf = F.pad(sets, (0, 0, 0, spare))
+        self._len = sets.shape[1]
+
+    def rows(self) -> torch.Tensor:
+        """(B, T, 3): the sets of the T positions seen so far (a view)."""
+        return self._buf[:, : self._len]
+
+    def _room(self, extra: int) -> None:
+        if self._len + extra > self._buf.shape[1]:
+            self._buf = F.pad(self.rows(), (0, 0, 0, max(self._len, extra)))
+
+    def append(self, sets: torch.Tensor) -> None:
+        """Add the (B, t, 3) sets of t new positions."""
+        self._room(sets.shape[1])
+        self._buf[:, self._len : self._len + sets.shape[1]] = sets
+        self._len += sets.shape[1]
+
+    def append_text(self, sinks: torch.Tensor, p: float) -> None:
+        """Add one text position whose (B, 1) sink flags are `sinks`: only its p-scaled sink column can be non-zero
+        (the spare rows are zeros, and rows are only ever appended)."""
+        self._room(1)
+        self._buf[:, self._len, 2].masked_fill_(sinks[:, 0], p)
+        self._len += 1
+
+
 def load_sink_dims(path: str | Path, hidden_size: int | None = None) -> tuple[tuple[int, ...], dict[str, Any]]:
     """Sink dims from a calibration JSON written by `calibrate_sinks` (dims, and the record for checks).
 
@@ -242,7 +275,7 @@ class VARMethod(AttentionMethod):
         sets = store["sets"]
         if call.prefill or layer_idx not in sets:
             image = call.image_mask
-            sets[layer_idx] = key_sets(image, sinks, self.config.p)  # over absolute positions (B, T, 3)
+            sets[layer_idx] = KeySets(key_sets(image, sinks, self.config.p))  # over absolute positions (B, T, 3)
             store["has_visual"][layer_idx] = (sinks & image).any(dim=1)
             counted = sinks if call.prompt_mask is None or call.prompt_mask.shape != sinks.shape else (
                 sinks & call.prompt_mask.to(sinks.device))  # left padding is masked out of attention: not counted
@@ -251,10 +284,9 @@ class VARMethod(AttentionMethod):
             store["decode_rows"].pop(layer_idx, None)
             store["covers_all"].pop(layer_idx, None)
         elif sinks.shape[1] == 1:  # a decode token is text: it can add a text sink (not in the report), never a visual one
-            sets[layer_idx] = torch.cat([sets[layer_idx], F.pad((sinks.float() * self.config.p)[..., None], (2, 0))], 1)
+            sets[layer_idx].append_text(sinks, self.config.p)
         else:  # a multi-token continuation
-            new = key_sets(call.image_mask[:, -sinks.shape[1] :], sinks, self.config.p)
-            sets[layer_idx] = torch.cat([sets[layer_idx], new], dim=1)
+            sets[layer_idx].append(key_sets(call.image_mask[:, -sinks.shape[1] :], sinks, self.config.p))
 
     def sink_positions(self, call: CallState, layer_idx: int) -> torch.Tensor | None:
         """(B, T) bool over absolute positions: the sink tokens VAR found at `layer_idx` in `call`.
@@ -265,7 +297,7 @@ class VARMethod(AttentionMethod):
         store = call.store.get(self)
         if store is None or layer_idx not in store["sets"]:
             return None
-        return store["sets"][layer_idx][..., 2] > 0  # the p-scaled sink column (p > 0 whenever VAR looks)
+        return store["sets"][layer_idx].rows()[..., 2] > 0  # the p-scaled sink column (p > 0 whenever VAR looks)
 
     def rows(self, view: LayerView) -> torch.Tensor | None:
         store = view.call.store.get(self)  # None when VAR has not looked (no layer input seen, or p = 0)
@@ -289,7 +321,7 @@ class VARMethod(AttentionMethod):
         return covered
 
     def edit_probs(self, view: LayerView, rows: RowSet, probs: torch.Tensor) -> Edit:
-        sets = view.call.to_key_slots(view.call.store[self]["sets"][view.layer_idx], probs.shape[-1])
+        sets = view.call.to_key_slots(view.call.store[self]["sets"][view.layer_idx].rows(), probs.shape[-1])
         new, selected = var_step(probs, sets, self.config, rows.own)
         counts = view.call.report[self]
         counts["rows"].add(view.layer_idx, rows.own)

@@ -187,7 +187,7 @@ class PAINTMethod(AttentionMethod):
             return paint_gain(scores, *cols, alpha, self.config.beta)
 
         gain = view.shared((self, "gain", view.layer_idx if isinstance(alpha, Tensor) else None), make_gain)
-        out = amplify_with_gain(scores, gain)
+        out = amplify_with_gain(scores, gain, view.masked)
         b, h, r = scores.shape[0], scores.shape[1], rows.own.shape[1]
         changed = rows.own[:, None, :].expand(b, h, r)
         if isinstance(alpha, Tensor) and self.config.beta == 0:

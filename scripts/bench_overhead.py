@@ -400,7 +400,8 @@ def interleaved_decode(variants: list[str], device: str, dtype: str, repeats: in
 
     Every round makes one generate call per variant, variants alternating (SDPA / VAR / PAI / ... / SDPA / VAR ...),
     so that the drift of a shared or noisy machine, larger than the overhead being measured, falls on all variants
-    alike; the first round warms up and is dropped. Returns, per variant, "prefill" (one per round), "steps" (all
+    alike; the order rotates by one each round (round r starts at variant r mod n), so that a cost of running first
+    or last in a round is not always paid by the same variant; the first round warms up and is dropped. Returns, per variant, "prefill" (one per round), "steps" (all
     decode steps) and "round_medians" (the median step of each round, for paired per-round ratios).
     """
     model = build_model().to(device=device, dtype=getattr(torch, dtype))
@@ -408,7 +409,8 @@ def interleaved_decode(variants: list[str], device: str, dtype: str, repeats: in
     inputs["pixel_values"] = inputs["pixel_values"].to(getattr(torch, dtype))
     out: dict[str, dict] = {v: {"prefill": [], "steps": [], "round_medians": []} for v in variants}
     for round_ in range(repeats + 1):
-        for variant in variants:
+        shift = round_ % len(variants)  # each round starts at the next variant: no variant always runs first
+        for variant in variants[shift:] + variants[:shift]:
             handle, extra = attach(model, variant)
             clock = timed_generate(model, inputs, new_tokens, device, extra)
             detach(model, variant, handle)

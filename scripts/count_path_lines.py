@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PATH = [  # (file, qualified name, fed from the side rather than on the call chain)
     # api
     ('vlm_attn/api.py', 'apply', False),
-    ('vlm_attn/api.py', '_as_list', False),
+    ('vlm_attn/methods/registry.py', 'config_list_of', False),
     ('vlm_attn/api.py', 'Handle.__init__', False),
     ('vlm_attn/methods/registry.py', 'register_method', False),
     ('vlm_attn/methods/registry.py', 'build_method', False),
@@ -64,6 +64,10 @@ PATH = [  # (file, qualified name, fed from the side rather than on the call cha
     ('vlm_attn/methods/var.py', '_column_sums', False),
     ('vlm_attn/methods/var.py', '_is_image_centric', False),
     ('vlm_attn/methods/var.py', '_redistribute', False),
+    ('vlm_attn/methods/var.py', 'KeySets.rows', False),
+    ('vlm_attn/methods/var.py', 'KeySets.__init__', True),
+    ('vlm_attn/methods/var.py', 'KeySets._room', True),
+    ('vlm_attn/methods/var.py', 'KeySets.append_text', True),
 ]
 
 

@@ -82,7 +82,7 @@ def test_tally_counts_flags_per_layer():
 
 
 def test_sample_without_image_stays_imageless_through_decode():
-    from vlm_attn.engine.method import CallState, LayerView
+    from vlm_attn.engine.method import CallState, LayerView, last_row
 
     call = CallState(image_mask=torch.tensor([[False, True, True, False], [False, False, False, False]]))
     assert call.first_image().tolist()[0] == 1
@@ -92,4 +92,4 @@ def test_sample_without_image_stays_imageless_through_decode():
         assert parts["text_after_image"].tolist() == [[True], [False]]
         assert not call.all_have_image()
     view = LayerView(2, call, parts)
-    assert view.last_row().tolist() == [[True], [False]]
+    assert last_row(view).tolist() == [[True], [False]]

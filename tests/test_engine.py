@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vlm_attn
-from vlm_attn.engine.method import AttentionMethod
+from vlm_attn.engine.method import AttentionMethod, last_row
 from vlm_attn.methods.registry import register_method
 from vlm_attn.prompting import build_inputs
 
@@ -177,7 +177,7 @@ class _UniformMethod(AttentionMethod):
         self.name = config.name
 
     def rows(self, view):
-        return view.last_row() if view.layer_idx == 1 else None
+        return last_row(view) if view.layer_idx == 1 else None
 
     def edit_probs(self, view, rows, probs):
         img = view.image_keys[:, None, None, :].float()

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from torch import nn
 
 from .engine.engine import Engine
-from .methods.registry import build_method, check_unique
+from .methods.registry import build_method, check_unique, config_list_of
 from .passes.branch import check_contrast
 from .passes.guidance import guidance_settings  # public here: which guidance a list of configs asks for
 from .passes.steering import connect as connect_steering
@@ -131,14 +131,6 @@ class Handle:
         return f"Handle({type(self.model).__name__}, [{names}], active={self.active})"
 
 
-def _as_list(configs: Any) -> list[Any]:
-    if configs is None:
-        return []
-    if isinstance(configs, (list, tuple)):
-        return list(configs)
-    return [configs]
-
-
 def apply(model: nn.Module, configs: Any | Iterable[Any], processor: Any = None) -> Handle:
     """Attach one or several attention-method configs (e.g. `VARConfig()`) to `model`; returns a `Handle`.
 
@@ -152,7 +144,7 @@ def apply(model: nn.Module, configs: Any | Iterable[Any], processor: Any = None)
     if getattr(model, HANDLE_ATTR, None) is not None:
         raise RuntimeError("vlm-attn methods are already applied to this model: call handle.remove() first")
     adapter = get_adapter(model)
-    config_list = _as_list(configs)
+    config_list = config_list_of(configs)
     check_unique(config_list)  # two configs of one method would stack their edits
     guidance = guidance_settings(config_list)  # several guidance configs must agree (one guidance pass runs)
     contrast = check_contrast(config_list, guidance is not None, processor)

@@ -34,6 +34,7 @@ from torch import nn
 
 from .engine.method import CallState
 from .methods.crops import Region, with_vqa_suffix
+from .methods.registry import config_list_of
 from .passes.inspect_capture import capture_rows
 from .patches.base import ImageGrid, get_adapter
 from .prompting import build_inputs
@@ -189,12 +190,6 @@ def resolve_layers(layers: Iterable[int] | None, num_layers: int) -> tuple[int, 
     return tuple(sorted(set(chosen)))
 
 
-def _as_list(configs: Any) -> list[Any]:
-    if configs is None:
-        return []
-    return list(configs) if isinstance(configs, (list, tuple)) else [configs]
-
-
 def _sinks_on_grid(
     methods: Sequence[Any], call: CallState, layer: int, grid: ImageGrid
 ) -> tuple[tuple[tuple[int, int], ...], bool, int, int]:
@@ -249,7 +244,7 @@ def inspect_attention(
 
     adapter = get_adapter(model)
     chosen = resolve_layers(layers, len(adapter.decoder_layers()))
-    config_list = _as_list(configs)
+    config_list = config_list_of(configs)
     existing = getattr(model, HANDLE_ATTR, None)
     if config_list and existing is not None:
         raise RuntimeError(

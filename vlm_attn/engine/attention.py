@@ -8,6 +8,8 @@ bottom; each special case is one helper below it, in the order it runs.
 
 from __future__ import annotations
 
+import functools
+import operator
 import sys
 from typing import Any, Callable
 
@@ -27,16 +29,9 @@ Asked = list[tuple[AttentionMethod, torch.Tensor]]  # (method, its (B, Q) bool r
 
 
 def steered_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    *,
-    base: Callable[..., tuple[torch.Tensor, Any]],
-    base_returns_weights: bool = True,
-    **kwargs: Any,
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float | None = None, *,
+    base: Callable[..., tuple[torch.Tensor, Any]], base_returns_weights: bool = True, **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """Run `base` for all heads; recompute and overwrite the (head, row) pairs that active methods edit.
 
@@ -44,10 +39,7 @@ def steered_attention(
     for a row the base output is returned untouched (bitwise pass-through). Decode steps (one query row) take a
     path with no host synchronisation.
     """
-
-    def run_base() -> tuple[torch.Tensor, Any]:
-        return base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-
+    run_base = functools.partial(base, module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     view, asked = methods_asking(module, query.shape[2], key.shape[2])
     if not asked:
         return run_base()
@@ -87,9 +79,7 @@ def skips_base(view: LayerView, asked: Asked, base_returns_weights: bool) -> boo
 
 def row_sets(view: LayerView, asked: Asked) -> tuple[RowSet, list[tuple[AttentionMethod, RowSet]]]:
     """The union of the asked rows, padded per sample to a common count R, and each method's own part of it."""
-    wanted = asked[0][1]
-    for _, r in asked[1:]:
-        wanted = wanted | r
+    wanted = functools.reduce(operator.or_, [r for _, r in asked])
     if wanted.shape[1] == 1:  # decode step: the one row, no sort and no host sync
         rows = RowSet(index=view.shared("decode_index", lambda: torch.zeros_like(wanted, dtype=torch.long)),
                       valid=wanted, own=wanted)
@@ -112,8 +102,7 @@ def row_scores(
 ) -> torch.Tensor:
     """Explicit recomputation: fp32 scores (B, H, R, K) of the gathered rows, as eager attention computes them."""
     if query.shape[2] > 1:
-        b, h, _, d = query.shape
-        query = query.gather(2, rows.index[:, None, :, None].expand(b, h, rows.index.shape[1], d))
+        query = query.gather(2, rows.index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
     scores = grouped_matmul(query, key.transpose(-1, -2)).float() * scale
     return scores if softcap is None else torch.tanh(scores / softcap) * softcap
 
@@ -164,13 +153,11 @@ def run_edits(
     """Logit edits, softmax, probability edits (SPEC §6): the probabilities and the (B, H, R) cells changed."""
     changed: torch.Tensor | None = None
     for method, rs in per_method:
-        res = method.edit_logits(view, rs, scores)
-        if res is not None:
+        if (res := method.edit_logits(view, rs, scores)) is not None:
             scores, changed = res[0], _union(changed, res[1], rs)
     probs = torch.softmax(scores, dim=-1)
     for method, rs in per_method:
-        res = method.edit_probs(view, rs, probs)
-        if res is not None:
+        if (res := method.edit_probs(view, rs, probs)) is not None:
             probs, changed = res[0], _union(changed, res[1], rs)
     return probs, changed
 
@@ -190,19 +177,14 @@ def write_back(
     changed; with no base output (decode fast path) the recomputed row is the output."""
     if out is None:
         return new, None
+    keep = (changed & rows.valid[:, None, :]).transpose(1, 2)[..., None]  # (B, R, H, 1): padding is never kept
     if out.shape[1] == 1:  # decode: the one row, kept where a method changed it in a sample that asked
-        keep = (changed & rows.valid[:, None, :]).transpose(1, 2)[..., None]  # (B, 1, H, 1)
         return torch.where(keep, new, out), weights
-    keep = changed.transpose(1, 2)[..., None]  # (B, R, H, 1)
-    if not bool(changed.any()):
-        return out, weights
-    batch, _, heads, dim = out.shape
-    old = out.gather(1, rows.index[:, :, None, None].expand(batch, rows.index.shape[1], heads, dim))
-    merged = torch.where(keep, new, old)
-    flat = (rows.index + torch.arange(batch, device=out.device)[:, None] * out.shape[1])[rows.valid]
-    out = out.clone()
-    out.view(-1, heads, dim)[flat] = merged[rows.valid]
-    return out, weights
+    index = rows.index[:, :, None, None].expand_as(new)
+    merged = torch.where(keep, new, out.gather(1, index))
+    # Padding repeats a sample's first gathered row: give it that row's value, so the duplicate writes agree.
+    merged = torch.where(rows.valid[:, :, None, None], merged, merged[:, :1])
+    return out.scatter(1, index, merged), weights
 
 
 def _module_eager(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, Any]]:

@@ -128,14 +128,17 @@ class LayerView:
             value = self.parts[key] = make()
         return value
 
-    def last_row(self) -> torch.Tensor:
-        """(B, Q) bool: the last query row (the one that predicts the next token) of samples with an image."""
-        return self.shared("last_row", self._last_row)
 
-    def _last_row(self) -> torch.Tensor:
-        rows = torch.zeros_like(self.query_image)
+def last_row(view: LayerView) -> torch.Tensor:
+    """(B, Q) bool: the last query row (the one that predicts the next token) of samples with an image; made once
+    per forward and shared by its layers (PAI, PAINT, ONLY and the capture passes edit or read that row)."""
+
+    def make() -> torch.Tensor:
+        rows = torch.zeros_like(view.query_image)
         rows[:, -1] = True
-        return rows & (self.parts["first_image"] < self.call.seq_len)[:, None]
+        return rows & (view.parts["first_image"] < view.call.seq_len)[:, None]
+
+    return view.shared("last_row", make)
 
 
 @dataclass

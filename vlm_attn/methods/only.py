@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.attention import grouped_matmul
-from ..engine.method import LayerView, RowSet
+from ..engine.method import LayerView, RowSet, last_row
 from .config import MethodConfig, Number, setting
 from .registry import register_method
 from ._readout import ReadoutMethod, check_layer_range
@@ -153,7 +153,7 @@ class ONLYMethod(ReadoutMethod):
     def rows(self, view: LayerView) -> Tensor | None:
         if not self.enabled or view.layer_idx != self.config.layer or self._step is None or self.paused():
             return None
-        return view.last_row()
+        return last_row(view)
 
     def edit_probs(self, view: LayerView, rows: RowSet, probs: Tensor) -> None:
         value = view.value

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
+from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally, last_row
 from .config import (
     Bool, ConfigError, Custom, Layers, MethodConfig, Number, check_layers, check_nonneg, check_open_closed_unit, setting,
 )
@@ -244,7 +244,7 @@ class PAIMethod(AttentionMethod):
     def rows(self, view: LayerView) -> Tensor | None:
         if self.config.alpha == 0 or view.layer_idx not in self.layers:
             return None
-        return view.last_row()
+        return last_row(view)
 
     def decode_rows_cover_all(self, view: LayerView) -> bool:
         return view.call.all_have_image()  # the last row of every sample with an image

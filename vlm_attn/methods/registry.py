@@ -89,19 +89,28 @@ def config_classes(kind: str | None = None) -> dict[str, type]:
 
 
 def build_method(config: Any) -> Any:
-    """The engine method for an attention-method config, or a TypeError naming the accepted configs."""
-    for entry in entries().values():
-        if isinstance(config, entry.config):
-            if entry.kind == DECODING:
-                raise TypeError(f"{type(config).__name__} is a decoding method: pass it to "
-                                "vlm_attn.generate(..., methods=[...]) or to model.generate(custom_generate=..., "
-                                "see the README), not to apply")
-            if entry.method is None:
-                raise TypeError(f"{type(config).__name__} is an input-level method: pass it to "
-                                "vlm_attn.generate(..., methods=[...]), not to apply")
-            return entry.method(config)
+    """The engine method for an attention-method config, or a TypeError naming what to do with it instead."""
+    entry = next((e for e in entries().values() if isinstance(config, e.config)), None)
+    if entry is None or entry.method is None:
+        raise TypeError(_not_attention(config, entry))
+    return entry.method(config)
+
+
+def _not_attention(config: Any, entry: Entry | None) -> str:
+    """Why `config` cannot be applied to a model: a decoding or input-level method, or no method at all."""
+    kind = type(config).__name__
+    if entry is not None and entry.kind == DECODING:
+        return (f"{kind} is a decoding method: pass it to vlm_attn.generate(..., methods=[...]) or to "
+                "model.generate(custom_generate=..., see the README), not to apply")
+    if entry is not None:
+        return f"{kind} is an input-level method: pass it to vlm_attn.generate(..., methods=[...]), not to apply"
     names = ", ".join(sorted(e.config.__name__ for e in entries().values() if e.method is not None))
-    raise TypeError(f"{type(config).__name__} is not an attention-method config; expected one of: {names}")
+    return f"{kind} is not an attention-method config; expected one of: {names}"
+
+
+def config_list_of(configs: Any) -> list[Any]:
+    """`apply`'s configs argument as a list: None -> [], one config -> [config], a list or tuple as given."""
+    return [] if configs is None else list(configs) if isinstance(configs, (list, tuple)) else [configs]
 
 
 def check_unique(configs: Iterable[Any]) -> None:

@@ -69,13 +69,11 @@ class VARConfig(MethodConfig):
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         if self.layers is not None:
-            bad = [x for x in self.layers if x >= num_layers]
-            if bad:
+            if bad := [x for x in self.layers if x >= num_layers]:
                 raise ValueError(f"VARConfig.layers {bad} out of range for a {num_layers}-layer language model; "
                                  f"use layers 0..{num_layers - 1} or leave them unset (2..L-1)")
             return self.layers
-        last = num_layers - 1 if self.exclude_last_layer else num_layers
-        return tuple(range(2, last))
+        return tuple(range(2, num_layers - 1 if self.exclude_last_layer else num_layers))
 
 
 # ------------------------------------------------------------------------------------------- math
@@ -119,8 +117,8 @@ def image_centric(
 
     probs (B, H, R, K); image_cols and sink_cols (B, K) bool.
     """
-    sums = _column_sums(probs, key_sets(image_cols, sink_cols).to(probs.dtype))
-    return _is_image_centric(sums[..., 0], sums[..., 1], image_mass, rho)
+    mass, non_sink, _ = _column_sums(probs, key_sets(image_cols, sink_cols).to(probs.dtype)).unbind(-1)
+    return _is_image_centric(mass, non_sink, image_mass, rho)
 
 
 def _column_sums(probs: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
@@ -145,13 +143,14 @@ def redistribute(
     j as Omega * a_j / sum_{visual non-sink} a. Row sums are preserved. Unselected rows are returned unchanged.
     """
     sets = key_sets(image_cols, sink_cols, p).to(probs.dtype)
-    return _redistribute(probs, sets, _column_sums(probs, sets), selected)
+    return _redistribute(probs, sets, _column_sums(probs, sets).unbind(-1), selected)
 
 
-def _redistribute(probs: torch.Tensor, sets: torch.Tensor, sums: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+def _redistribute(probs: torch.Tensor, sets: torch.Tensor, sums: tuple[torch.Tensor, ...], selected: torch.Tensor):
     # a_j <- a_j * (1 + delta_j) with delta = -p on sinks and Omega / (visual non-sink mass) on visual non-sinks:
-    # one (R, 2) x (2, K) product against the sets' last two columns [visual non-sink, p * sink].
-    gain = sums[..., 2] / sums[..., 1].clamp_min(torch.finfo(probs.dtype).tiny)
+    # one (R, 2) x (2, K) product against the sets' last two columns [visual non-sink, p * sink]. `sums` holds
+    # the column sums (image mass, visual non-sink mass, Omega), each (B, H, R).
+    gain = sums[2] / sums[1].clamp_min(torch.finfo(probs.dtype).tiny)
     coef = torch.stack((gain, torch.full_like(gain, -1.0)), dim=-1) * selected[..., None]  # (B, H, R, 2)
     b, h, r, k = probs.shape
     delta = torch.bmm(coef.view(b, h * r, 2), sets[:, :, 1:].transpose(1, 2)).view(b, h, r, k)
@@ -165,8 +164,8 @@ def var_step(
 
     probs (B, H, R, K); sets (B, K, 3) from `key_sets(image, sinks, config.p)`; rows (B, R) limits the selection.
     """
-    sums = _column_sums(probs, sets)
-    selected = _is_image_centric(sums[..., 0], sums[..., 1], config.image_mass, config.rho) & rows[:, None, :]
+    sums = _column_sums(probs, sets).unbind(-1)  # image mass, visual non-sink mass, Omega: (B, H, R) each
+    selected = _is_image_centric(sums[0], sums[1], config.image_mass, config.rho) & rows[:, None, :]
     return _redistribute(probs, sets, sums, selected), selected
 
 
@@ -217,6 +216,15 @@ def load_sink_dims(path: str | Path, hidden_size: int | None = None) -> tuple[tu
     return tuple(int(d) for d in record["sink_dims"]), record
 
 
+def _unknown_sink_dims(model: Any) -> str:
+    """The error for a model whose sink dims are neither given nor in the known table: how to get them."""
+    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return (f"VAR needs the sink dimensions of {name!r}, whose language model matches no entry of the known table "
+            "(matched on its architecture). Pass them with VARConfig(sink_dims=(...)) or discover them: "
+            "`vlm-attn calibrate-sinks --model ... --out sinks.json` (or vlm_attn.calibrate_sinks) and pass "
+            "VARConfig(sink_dims='sinks.json').")
+
+
 # ------------------------------------------------------------------------------------------- engine plug
 @register_method(VARConfig)
 class VARMethod(AttentionMethod):
@@ -244,13 +252,7 @@ class VARMethod(AttentionMethod):
         elif dims is None:
             entry = adapter.lookup_sink_dims()
             if entry is None:
-                name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-                raise ValueError(
-                    f"VAR needs the sink dimensions of {name!r}, whose language model matches no entry of the known "
-                    "table (matched on its architecture). Pass them with VARConfig(sink_dims=(...)) or discover them: "
-                    "`vlm-attn calibrate-sinks --model ... --out sinks.json` (or vlm_attn.calibrate_sinks) and pass "
-                    "VARConfig(sink_dims='sinks.json')."
-                )
+                raise ValueError(_unknown_sink_dims(model))
             dims, source = entry.dims, entry.describe()
         if max(dims) >= hidden:
             raise ValueError(f"VARConfig.sink_dims {dims} out of range for hidden size {hidden}")
@@ -268,7 +270,7 @@ class VARMethod(AttentionMethod):
             dims = self._dims_on[hidden.device] = torch.tensor(self.sink_dims, device=hidden.device)
         sinks = sink_scores(hidden, dims) > self.config.tau
         if self not in call.store:
-            call.store[self] = {"sets": {}, "has_visual": {}, "decode_rows": {}, "covers_all": {}}
+            call.store[self] = {"sets": {}, "has_visual": {}, "covers_all": {}}
             call.report[self] = {"text_sinks": {}, "visual_sinks": {}, "rows": Tally(self.num_layers),
                                  "heads_redistributed": Tally(self.num_layers)}
         store, counts = call.store[self], call.report[self]
@@ -276,13 +278,12 @@ class VARMethod(AttentionMethod):
         if call.prefill or layer_idx not in sets:
             image = call.image_mask
             sets[layer_idx] = KeySets(key_sets(image, sinks, self.config.p))  # over absolute positions (B, T, 3)
-            store["has_visual"][layer_idx] = (sinks & image).any(dim=1)
+            store["has_visual"][layer_idx] = (sinks & image).any(dim=1, keepdim=True)
             counted = sinks if call.prompt_mask is None or call.prompt_mask.shape != sinks.shape else (
                 sinks & call.prompt_mask.to(sinks.device))  # left padding is masked out of attention: not counted
             counts["visual_sinks"][layer_idx] = (counted & image).sum()
             counts["text_sinks"][layer_idx] = (counted & ~image).sum()
-            store["decode_rows"].pop(layer_idx, None)
-            store["covers_all"].pop(layer_idx, None)
+            store["covers_all"][layer_idx] = bool(store["has_visual"][layer_idx].all())
         elif sinks.shape[1] == 1:  # a decode token is text: it can add a text sink (not in the report), never a visual one
             sets[layer_idx].append_text(sinks, self.config.p)
         else:  # a multi-token continuation
@@ -303,22 +304,14 @@ class VARMethod(AttentionMethod):
         store = view.call.store.get(self)  # None when VAR has not looked (no layer input seen, or p = 0)
         if store is None or view.layer_idx not in store["sets"]:
             return None
-        has_visual = store["has_visual"][view.layer_idx]
+        has_visual = store["has_visual"][view.layer_idx]  # (B, 1)
         if view.prefill or view.query_image.shape[1] != 1:
-            return view.text_rows_after_image() & has_visual[:, None]
-        # decode step: the one row is text after the image in every sample that has one, so the rows never change
-        rows = store["decode_rows"].get(view.layer_idx)
-        if rows is None:
-            rows = store["decode_rows"][view.layer_idx] = view.text_rows_after_image() & has_visual[:, None]
-        return rows
+            return view.text_rows_after_image() & has_visual
+        return has_visual  # decode step: the one row is text after the image in every sample that has one
 
     def decode_rows_cover_all(self, view: LayerView) -> bool:
-        """Every sample has a visual sink in this layer (checked once per layer and call)."""
-        store = view.call.store[self]
-        covered = store["covers_all"].get(view.layer_idx)
-        if covered is None:
-            covered = store["covers_all"][view.layer_idx] = bool(store["has_visual"][view.layer_idx].all())
-        return covered
+        """Every sample has a visual sink in this layer (found with the sinks, one host sync per layer and call)."""
+        return view.call.store[self]["covers_all"][view.layer_idx]
 
     def edit_probs(self, view: LayerView, rows: RowSet, probs: torch.Tensor) -> Edit:
         sets = view.call.to_key_slots(view.call.store[self]["sets"][view.layer_idx].rows(), probs.shape[-1])

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..engine import capturing
-from ..engine.method import AttentionMethod, CallState, LayerView, RowSet
+from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, last_row
 from ..patches.base import FamilyAdapter, ImageGrid, get_adapter
 from ..methods.funnel import normalize_map
 
@@ -54,7 +54,7 @@ class AnchorCapture(AttentionMethod):
     def rows(self, view: LayerView) -> torch.Tensor | None:
         if view.layer_idx != self.layer or not view.prefill:
             return None
-        return view.last_row()
+        return last_row(view)
 
     def edit_probs(self, view: LayerView, rows: RowSet, probs: torch.Tensor) -> None:
         # rows.own has one True per sample with an image (the last row); other methods may have added rows.

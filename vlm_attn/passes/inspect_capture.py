@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..engine import capturing
-from ..engine.method import AttentionMethod, CallState, LayerView, RowSet
+from ..engine.method import AttentionMethod, CallState, LayerView, RowSet, last_row
 from ..patches.base import FamilyAdapter
 
 
@@ -55,7 +55,7 @@ class RowCapture(AttentionMethod):
     def rows(self, view: LayerView) -> torch.Tensor | None:
         if view.layer_idx not in self.layers or not view.prefill:
             return None
-        return view.last_row()
+        return last_row(view)
 
     def edit_probs(self, view: LayerView, rows: RowSet, probs: torch.Tensor) -> None:
         # rows.own holds at most one True per sample (its last row); other methods may have added rows to the set.

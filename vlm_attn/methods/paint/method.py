@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally
+from ...engine.method import AttentionMethod, CallState, LayerView, RowSet, Tally, last_row
 from ..registry import register_method
 from ..pai import amplify_with_gain
 from .config import PAINTConfig
@@ -165,7 +165,7 @@ class PAINTMethod(AttentionMethod):
             return None
         if self._columns(view) is None:
             return None
-        return view.last_row()
+        return last_row(view)
 
     def decode_rows_cover_all(self, view: LayerView) -> bool:
         return view.call.all_have_image()  # the last row of every sample with an image

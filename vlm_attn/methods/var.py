@@ -198,7 +198,7 @@ class KeySets:
         """Add one text position whose (B, 1) sink flags are `sinks`: only its p-scaled sink column can be non-zero
         (the spare rows are zeros, and rows are only ever appended)."""
         self._room(1)
-        self._buf[:, self._len, 2].masked_fill_(sinks[:, 0], p)
+        self._buf[:, self._len : self._len + 1, 2].masked_fill_(sinks, p)  # a (B, 1) slice: no select of sinks
         self._len += 1
 
 

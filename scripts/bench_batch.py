@@ -7,8 +7,8 @@ of the whole generate call (prefill included; median over rounds) and its slowdo
 
 Per-step times come from a `bench_timing.StepClock` in `stopping_criteria`, which generate calls once per new token
 after the forward, the logits processors and token selection (a whole step; CUDA: synchronized before each stamp).
-At each batch size every round makes one generate call per variant, variants alternating, the first round dropped as
-warm-up. On CPU, run with the `MALLOC_*` variables of `bench_overhead.MALLOC_ENV` set in the environment (the script
+At each batch size every round makes one generate call per variant, variants alternating (the order rotating by one
+each round), the first round dropped as warm-up. On CPU, run with the `MALLOC_*` variables of `bench_overhead.MALLOC_ENV` set in the environment (the script
 says whether they are); generation goes through `vlm_attn.steered_generate`.
 
     python scripts/bench_batch.py [--device cuda] [--batch-sizes 1,4,8] [--new-tokens 32] [--repeats 3] \
@@ -52,8 +52,10 @@ def interleaved_rounds(model, inputs: dict, configs: dict, new_tokens: int, repe
     """Per variant ("vanilla" first, then `configs`' methods): all decode step seconds and per-call total seconds
     of `repeats` rounds, each round one generate call per variant in turn (plus a dropped warm-up round)."""
     out = {name: {"steps": [], "totals": []} for name in ["vanilla", *configs]}
+    names = list(out)
     for round_ in range(repeats + 1):
-        for name in out:
+        shift = round_ % len(names)  # the order rotates each round: no variant always runs first
+        for name in names[shift:] + names[:shift]:
             handle = vlm_attn.apply(model, configs[name]) if name in configs else None
             clock = timed_generate(model, inputs, new_tokens, device)
             if handle is not None:

@@ -37,8 +37,9 @@ page-fault fresh memory, a multi-ms, state-dependent cost that a GPU's caching a
     python scripts/bench_overhead.py --family smolvlm [--views 3] [--interleave]   # PAINT on a tiled family
 
 --interleave runs every variant in one process on one model, one generate call per variant per round, variants
-alternating within each round (the first round warms up and is dropped), so that drift of a shared machine falls on
-all variants alike; no memory figures. It also prints, per variant, the range over rounds of (its median step in that
+alternating within each round and the order rotating by one each round (the first round warms up and is dropped),
+so that drift of a shared machine, and any cost of running first in a round, fall on all variants alike; no memory
+figures. It also prints, per variant, the range over rounds of (its median step in that
 round / vanilla's median step in the same round).
 
 `--family smolvlm` builds a random model of SmolVLM-256M's real shape (Idefics3: SigLIP 768 wide, 12 layers, 12 heads,

@@ -8,8 +8,9 @@ of the whole generate call (prefill included; median over rounds) and its slowdo
 Per-step times come from a `bench_timing.StepClock` in `stopping_criteria`, which generate calls once per new token
 after the forward, the logits processors and token selection (a whole step; CUDA: synchronized before each stamp).
 At each batch size every round makes one generate call per variant, variants alternating (the order rotating by one
-each round), the first round dropped as warm-up. On CPU, run with the `MALLOC_*` variables of `bench_overhead.MALLOC_ENV` set in the environment (the script
-says whether they are); generation goes through `vlm_attn.steered_generate`.
+each round), the first round dropped as warm-up. On CPU, run with the `MALLOC_*` variables of
+`bench_overhead.MALLOC_ENV` set in the environment (the script says whether they are); generation goes through
+`vlm_attn.steered_generate`.
 
     python scripts/bench_batch.py [--device cuda] [--batch-sizes 1,4,8] [--new-tokens 32] [--repeats 3] \
         [--methods var,pai,paint]

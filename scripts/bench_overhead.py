@@ -39,8 +39,8 @@ page-fault fresh memory, a multi-ms, state-dependent cost that a GPU's caching a
 --interleave runs every variant in one process on one model, one generate call per variant per round, variants
 alternating within each round and the order rotating by one each round (the first round warms up and is dropped),
 so that drift of a shared machine, and any cost of running first in a round, fall on all variants alike; no memory
-figures. It also prints, per variant, the range over rounds of (its median step in that
-round / vanilla's median step in the same round).
+figures. It also prints, per variant, the range over rounds of (its median step in that round / vanilla's median
+step in the same round).
 
 `--family smolvlm` builds a random model of SmolVLM-256M's real shape (Idefics3: SigLIP 768 wide, 12 layers, 12 heads,
 512px views of 1024 patches, pixel shuffle 4 -> 64 tokens a view; Llama text 576 wide, 30 layers) and a prompt with
@@ -402,8 +402,9 @@ def interleaved_decode(variants: list[str], device: str, dtype: str, repeats: in
     Every round makes one generate call per variant, variants alternating (SDPA / VAR / PAI / ... / SDPA / VAR ...),
     so that the drift of a shared or noisy machine, larger than the overhead being measured, falls on all variants
     alike; the order rotates by one each round (round r starts at variant r mod n), so that a cost of running first
-    or last in a round is not always paid by the same variant; the first round warms up and is dropped. Returns, per variant, "prefill" (one per round), "steps" (all
-    decode steps) and "round_medians" (the median step of each round, for paired per-round ratios).
+    or last in a round is not always paid by the same variant; the first round warms up and is dropped. Returns,
+    per variant, "prefill" (one per round), "steps" (all decode steps) and "round_medians" (the median step of each
+    round, for paired per-round ratios).
     """
     model = build_model().to(device=device, dtype=getattr(torch, dtype))
     inputs = make_inputs(device)

@@ -146,7 +146,9 @@ def redistribute(
     return _redistribute(probs, sets, _column_sums(probs, sets).unbind(-1), selected)
 
 
-def _redistribute(probs: torch.Tensor, sets: torch.Tensor, sums: tuple[torch.Tensor, ...], selected: torch.Tensor):
+def _redistribute(
+    probs: torch.Tensor, sets: torch.Tensor, sums: tuple[torch.Tensor, ...], selected: torch.Tensor
+) -> torch.Tensor:
     # a_j <- a_j * (1 + delta_j) with delta = -p on sinks and Omega / (visual non-sink mass) on visual non-sinks:
     # one (R, 2) x (2, K) product against the sets' last two columns [visual non-sink, p * sink]. `sums` holds
     # the column sums (image mass, visual non-sink mass, Omega), each (B, H, R).
